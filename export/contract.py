@@ -1,0 +1,171 @@
+"""The one contract of the deployment: every graph and Python step, its tensors' names, dtypes and
+shapes with named dynamic axes, and the optimisation profiles of those axes.
+
+Export, the Triton configs, the Python steps, the client and the tests all read this module; none
+retypes a tensor name. It imports neither torch nor onnx, so the client can use it.
+
+Named axes: B images (views) in a batch, T classes, N prompt texts, P templates, K points per
+class, H / W image height and width. Fixed sizes come from the variant's config (C embedding width,
+S input side, G = S / patch grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from escnet.config import ModelConfig
+
+Dim = int | str  # an int is fixed; a str names a dynamic axis
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton's name: FP32, INT32, UINT8, BYTES, FP16
+    shape: tuple[Dim, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of the chain: an exported graph ("graph") or a Python step between graphs ("python")."""
+
+    name: str
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass(frozen=True)
+class AxisProfile:
+    minimum: int
+    optimum: int
+    maximum: int
+
+
+# (min, opt, max) of each dynamic axis: TensorRT optimisation profiles and request limits.
+AXIS_PROFILES: dict[str, AxisProfile] = {
+    "B": AxisProfile(1, 1, 8),
+    "T": AxisProfile(1, 150, 1024),
+    "N": AxisProfile(1, 150, 1024),
+    "P": AxisProfile(1, 1, 1),
+    "K": AxisProfile(5, 5, 5),
+}
+TOKEN_LENGTH = 77  # CLIP's context length
+MAX_CLASSES = AXIS_PROFILES["T"].maximum
+VIEW_PLAN_LENGTH = 5  # height, width, sliding (0/1), window size, stride
+
+# Public tensors of the ensembles.
+IMAGE = TensorSpec("IMAGE", "UINT8", ("H", "W", 3))
+CLASS_NAMES = TensorSpec("CLASS_NAMES", "BYTES", ("T",))
+LABELS = TensorSpec("LABELS", "INT32", ("H", "W"))
+SCORES = TensorSpec("SCORES", "FP32", ("T", "H", "W"))
+
+
+def _t(name: str, dtype: str, *shape: Dim) -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(shape))
+
+
+def graph_names(config: ModelConfig) -> list[str]:
+    """The exported graphs of a variant, in chain order."""
+    names = ["clip_image_encoder", "clip_text_encoder", "prep"]
+    for k in range(1, config.aggregator.num_layers + 1):
+        if config.use_sam_blocks:
+            names.append(f"sam_prompt_decoder_{k}")
+        names.append(f"aggregator_{k}")
+    return [*names, "decoder"]
+
+
+def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
+    """Every step of a variant's chain, graphs and Python steps, keyed by step name."""
+    c = config.clip.embed_dim
+    s = config.clip.image_size
+    g = config.clip.grid
+    hidden = config.aggregator.hidden_dim
+    mid, fine = config.aggregator.decoder_guidance_dims
+    mid_p, fine_p = config.aggregator.decoder_guidance_proj_dims
+    k_points = config.pseudo_prompts.num_clusters
+
+    images = _t("IMAGES", "FP32", "B", 3, s, s)
+    features = _t("IMAGE_FEATURES", "FP32", "B", c, g, g)
+    guidance_mid = _t("GUIDANCE_MID", "FP32", "B", mid, 2 * g, 2 * g)
+    guidance_fine = _t("GUIDANCE_FINE", "FP32", "B", fine, 4 * g, 4 * g)
+    tokens = _t("TOKENS", "INT32", "N", TOKEN_LENGTH)
+    text_features = _t("TEXT_FEATURES", "FP32", "N", c)
+    text_embeddings = _t("TEXT_EMBEDDINGS", "FP32", "T", "P", c)
+    embedding = _t("EMBEDDING", "FP32", "B", hidden, "T", g, g)
+    score = _t("SCORE", "FP32", "B", "T", g, g)
+    class_mask = _t("CLASS_MASK", "FP32", "B", "T")
+    text_guidance = _t("TEXT_GUIDANCE", "FP32", "B", "T", config.aggregator.text_guidance_proj_dim)
+    appearance = _t("APPEARANCE_GUIDANCE", "FP32", "B", config.aggregator.appearance_guidance_proj_dim, g, g)
+    decoder_mid = _t("DECODER_GUIDANCE_MID", "FP32", "B", mid_p, 2 * g, 2 * g)
+    decoder_fine = _t("DECODER_GUIDANCE_FINE", "FP32", "B", fine_p, 4 * g, 4 * g)
+    points = _t("POINTS", "FP32", "B", "T", k_points, 2)
+    point_labels = _t("POINT_LABELS", "FP32", "B", "T", k_points)
+    pseudo_mask = _t("PSEUDO_MASK", "FP32", "B", "T", g, g)
+    sam_features = _t("SAM_FEATURES", "FP32", "B", config.aggregator.appearance_guidance_proj_dim, "T", g, g)
+    next_embedding = _t("NEXT_EMBEDDING", "FP32", "B", hidden, "T", g, g)
+    next_score = _t("NEXT_SCORE", "FP32", "B", "T", g, g)
+    logits = _t("LOGITS", "FP32", "B", "T", 4 * g, 4 * g)
+    view_plan = _t("VIEW_PLAN", "INT32", VIEW_PLAN_LENGTH)
+
+    prep_outputs = [embedding, score, class_mask, text_guidance, decoder_mid, decoder_fine]
+    if not config.use_sam_blocks:
+        prep_outputs.append(appearance)
+    steps = [
+        StepSpec("preprocess", "python", (IMAGE,), (images, view_plan)),
+        StepSpec("text_embedder", "python", (CLASS_NAMES,), (text_embeddings,)),
+        StepSpec("clip_image_encoder", "graph", (images,), (features, guidance_mid, guidance_fine)),
+        StepSpec("clip_text_encoder", "graph", (tokens,), (text_features,)),
+        StepSpec(
+            "prep", "graph", (features, guidance_mid, guidance_fine, text_embeddings), tuple(prep_outputs)
+        ),
+    ]
+    if config.use_sam_blocks:
+        steps.append(StepSpec("pseudo_points", "python", (score,), (points, point_labels, pseudo_mask)))
+    num_layers = config.aggregator.num_layers
+    for k in range(1, num_layers + 1):
+        if config.use_sam_blocks:
+            steps.append(
+                StepSpec(
+                    f"sam_prompt_decoder_{k}",
+                    "graph",
+                    (features, points, point_labels, pseudo_mask),
+                    (sam_features,),
+                )
+            )
+            outputs = (next_embedding, next_score) if k < num_layers else (next_embedding,)
+            steps.append(
+                StepSpec(
+                    f"aggregator_{k}", "graph", (embedding, sam_features, text_guidance, class_mask), outputs
+                )
+            )
+        else:
+            steps.append(
+                StepSpec(
+                    f"aggregator_{k}",
+                    "graph",
+                    (embedding, appearance, text_guidance, class_mask),
+                    (next_embedding,),
+                )
+            )
+    steps.append(StepSpec("decoder", "graph", (embedding, decoder_mid, decoder_fine, class_mask), (logits,)))
+    steps.append(StepSpec("postprocess", "python", (logits, view_plan), (LABELS, SCORES)))
+    return {step.name: step for step in steps}

@@ -1,0 +1,70 @@
+"""The Python steps between graphs, as plain functions on numpy arrays keyed by contract names.
+
+The Triton Python models and the in-process ORT chain both call these, so the served chain and the
+direct chain run the same code between graphs. All heavy lifting is the model package's own
+functions (pseudo prompts, view planning, prompt folding); these adapt them to the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from escnet.config import ModelConfig
+from escnet.image_views import ViewPlan, make_views, merge_views, plan_views
+from escnet.pseudo_prompts import generate_pseudo_prompts
+from escnet.segmenter import validate_image
+from escnet.text_prompts import build_prompts, fold_prompt_embeddings, validate_class_names
+
+
+def preprocess(image: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
+    """IMAGE [H, W, 3] uint8 -> IMAGES [V, 3, S, S] float32, VIEW_PLAN [5] int32."""
+    pixels = validate_image(image)
+    plan = plan_views(pixels.shape[0], pixels.shape[1], config)
+    views = make_views(pixels, plan, config)
+    encoded = np.array(
+        [plan.height, plan.width, int(plan.sliding), plan.window_size, plan.stride], dtype=np.int32
+    )
+    return {"IMAGES": views.numpy(), "VIEW_PLAN": encoded}
+
+
+def decode_view_plan(encoded: np.ndarray) -> ViewPlan:
+    height, width, sliding, window, stride = (int(v) for v in encoded)
+    return ViewPlan(height=height, width=width, sliding=bool(sliding), window_size=window, stride=stride)
+
+
+def postprocess(logits: np.ndarray, view_plan: np.ndarray) -> dict[str, np.ndarray]:
+    """LOGITS [V, T, h, w], VIEW_PLAN [5] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
+    probabilities = merge_views(torch.from_numpy(logits), decode_view_plan(view_plan))
+    return {"LABELS": probabilities.argmax(dim=0).to(torch.int32).numpy(), "SCORES": probabilities.numpy()}
+
+
+def pseudo_points(score: np.ndarray | torch.Tensor, config: ModelConfig) -> dict[str, np.ndarray]:
+    """SCORE [B, T, G, G] -> POINTS [B, T, K, 2], POINT_LABELS [B, T, K], PSEUDO_MASK [B, T, G, G]."""
+    maps = torch.as_tensor(score)
+    b, t, g = maps.shape[0], maps.shape[1], maps.shape[2]
+    prompts = generate_pseudo_prompts(
+        maps.reshape(b * t, g, g), image_size=config.clip.image_size, config=config.pseudo_prompts
+    )
+    k = prompts.points.shape[1]
+    return {
+        "POINTS": prompts.points.reshape(b, t, k, 2).float().cpu().numpy(),
+        "POINT_LABELS": prompts.labels.reshape(b, t, k).float().cpu().numpy(),
+        "PSEUDO_MASK": prompts.mask.reshape(b, t, g, g).float().cpu().numpy(),
+    }
+
+
+def text_embeddings(
+    class_names: Sequence[str],
+    tokenize: Callable[[list[str]], torch.Tensor],
+    encode: Callable[[np.ndarray], np.ndarray],
+    templates: Sequence[str],
+) -> np.ndarray:
+    """CLASS_NAMES -> TEXT_EMBEDDINGS [T, P, C]: prompts, TOKENS [N, 77] int32 through the text
+    encoder (``encode``: TOKENS -> TEXT_FEATURES [N, C]), synonyms folded."""
+    prompts = build_prompts(validate_class_names(class_names), templates)
+    tokens = tokenize(prompts.texts).to(torch.int32).numpy()
+    features = torch.from_numpy(encode(tokens))
+    return fold_prompt_embeddings(prompts, features).numpy()
