@@ -117,6 +117,34 @@ CLIP_VITL14 = ClipConfig(
     guidance_layers=(7, 15),
 )
 
+# The variant registry: name -> config (escnet.registry.build_model builds them).
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "escnet_vitb16_384": ModelConfig(
+        name="escnet_vitb16_384",
+        clip=CLIP_VITB16,
+        aggregator=AggregatorConfig(num_layers=4),
+        use_sam_blocks=True,
+    ),
+    "escnet_vitl14_336": ModelConfig(
+        name="escnet_vitl14_336",
+        clip=CLIP_VITL14,
+        aggregator=AggregatorConfig(num_layers=4),
+        use_sam_blocks=True,
+    ),
+    "catseg_vitb16_384": ModelConfig(
+        name="catseg_vitb16_384",
+        clip=CLIP_VITB16,
+        aggregator=AggregatorConfig(num_layers=2),
+        use_sam_blocks=False,
+    ),
+    "catseg_vitl14_336": ModelConfig(
+        name="catseg_vitl14_336",
+        clip=CLIP_VITL14,
+        aggregator=AggregatorConfig(num_layers=2),
+        use_sam_blocks=False,
+    ),
+}
+
 DESIGN_DECISIONS: dict[str, str] = {
     "ppg_threshold": "1/576 (above uniform, argmax always kept): a class map is never empty.",
     "kmeans": "K=5, initialised from the 5 most probable cells, 10 fixed Lloyd iterations, "

@@ -216,13 +216,20 @@ def generate_pseudo_prompts(
     row_sums, col_sums = rows[seeds], cols[seeds]  # [N, K]
     counts = torch.ones_like(seeds)
 
+    # Per-cluster integer sums by scatter-add (exact, so in any order), background into slot K.
+    rows_n, cols_n = rows.expand(num_maps, cells), cols.expand(num_maps, cells)
+    ones_n = torch.ones_like(rows_n)
     for _ in range(config.kmeans_iterations):
         assignment = _assign(rows, cols, row_sums, col_sums, counts, exists)  # [N, H*W]
-        members = (assignment[:, None, :] == cluster_index[:, None]) & foreground[:, None, :]  # [N, K, H*W]
-        new_counts = members.sum(dim=-1)
+        slot = torch.where(foreground, assignment, num_clusters)
+        sums = torch.zeros(3, num_maps, num_clusters + 1, dtype=torch.int64, device=device)
+        sums[0].scatter_add_(1, slot, ones_n)
+        sums[1].scatter_add_(1, slot, rows_n)
+        sums[2].scatter_add_(1, slot, cols_n)
+        new_counts, new_row_sums, new_col_sums = sums[:, :, :num_clusters]  # [N, K] each
         keep = new_counts == 0  # an emptied cluster keeps its centre
-        row_sums = torch.where(keep, row_sums, (members * rows).sum(dim=-1))
-        col_sums = torch.where(keep, col_sums, (members * cols).sum(dim=-1))
+        row_sums = torch.where(keep, row_sums, new_row_sums)
+        col_sums = torch.where(keep, col_sums, new_col_sums)
         counts = torch.where(keep, counts, new_counts)
     assignment = _assign(rows, cols, row_sums, col_sums, counts, exists)
     cluster_ids = torch.where(foreground, assignment, -1)  # [N, H*W]

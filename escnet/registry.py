@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from escnet.config import CLIP_VITB16, CLIP_VITL14, AggregatorConfig, ModelConfig
+from escnet.config import MODEL_CONFIGS
 from escnet.segmenter import OpenVocabSegmenter
 from escnet.weights import (
     load_clip_checkpoint,
@@ -14,33 +14,6 @@ from escnet.weights import (
     load_whole_checkpoint,
     warn_random_weights,
 )
-
-MODEL_CONFIGS: dict[str, ModelConfig] = {
-    "escnet_vitb16_384": ModelConfig(
-        name="escnet_vitb16_384",
-        clip=CLIP_VITB16,
-        aggregator=AggregatorConfig(num_layers=4),
-        use_sam_blocks=True,
-    ),
-    "escnet_vitl14_336": ModelConfig(
-        name="escnet_vitl14_336",
-        clip=CLIP_VITL14,
-        aggregator=AggregatorConfig(num_layers=4),
-        use_sam_blocks=True,
-    ),
-    "catseg_vitb16_384": ModelConfig(
-        name="catseg_vitb16_384",
-        clip=CLIP_VITB16,
-        aggregator=AggregatorConfig(num_layers=2),
-        use_sam_blocks=False,
-    ),
-    "catseg_vitl14_336": ModelConfig(
-        name="catseg_vitl14_336",
-        clip=CLIP_VITL14,
-        aggregator=AggregatorConfig(num_layers=2),
-        use_sam_blocks=False,
-    ),
-}
 
 
 def build_model(

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 import escnet
-from escnet.registry import MODEL_CONFIGS, build_model
+from escnet.config import MODEL_CONFIGS
+from escnet.registry import build_model
 from escnet.segmenter import OpenVocabSegmenter
 from escnet_export.contract import graph_names
 from escnet_export.graphs import graph_steps, graph_wrapper, sample_inputs

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from escnet_export.triton_server import TritonServer, free_port, locate_tritonserver
 
 ROOT = Path(__file__).resolve().parents[2]

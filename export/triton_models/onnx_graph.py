@@ -1,0 +1,20 @@
+"""An engine step on the CPU: the exported ONNX graph (1/model.onnx) run by onnxruntime."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from escnet_export.runners import OrtRunner
+from escnet_export.triton_models.base import StepModel
+
+
+class TritonPythonModel(StepModel):
+    def setup(self, args: dict[str, Any]) -> None:
+        threads = int(os.environ.get("ESCNET_ORT_THREADS", "0")) or None
+        self.runner = OrtRunner(self.step, f"{self.model_directory}/model.onnx", threads=threads)
+
+    def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.infer(inputs)
