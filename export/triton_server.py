@@ -105,7 +105,26 @@ def check_model_repository(model_repository: Path) -> list[str]:
             f"Model repository {repo} is not built: no <model>/config.pbtxt in it. "
             f"Build it with: {BUILD_REPOSITORY_COMMAND}"
         )
+    unbuilt = [name for name in models if _missing_graph(repo / name)]
+    if unbuilt:
+        listed = ", ".join(unbuilt[:4]) + (" ..." if len(unbuilt) > 4 else "")
+        raise ModelRepositoryNotBuilt(
+            f"Model repository {repo} is not built: no graph (1/model.onnx or 1/model.plan) for {listed}. "
+            f"Build it with: {BUILD_REPOSITORY_COMMAND}"
+        )
     return models
+
+
+def _missing_graph(model_dir: Path) -> bool:
+    """A graph model (ONNX run by a Python model, or a TensorRT plan) whose graph file is absent."""
+    config = (model_dir / "config.pbtxt").read_text()
+    version = model_dir / "1"
+    if 'platform: "tensorrt_plan"' in config:
+        return not (version / "model.plan").is_file()
+    model_py = version / "model.py"
+    if model_py.is_file() and "onnx_graph" in model_py.read_text():
+        return not (version / "model.onnx").exists()
+    return False
 
 
 @dataclass(frozen=True)
