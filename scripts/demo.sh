@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The main job, end to end on this machine: install, export the graphs, build the model repository
+# for the hardware at hand, start tritonserver, segment a real photo through the `escnet` ensemble,
+# write an overlay PNG with a legend, stop the server.
+#
+# Weights (optional, local files only): CHECKPOINT (whole ESC-Net / CAT-Seg checkpoint),
+# CLIP_CHECKPOINT (OpenAI / open_clip CLIP), SAM_CHECKPOINT (SAM .pth for the ESC blocks).
+# Without them the model runs on a seeded random init and says so loudly: the picture then shows
+# the pipeline working, not a meaningful segmentation.
+# Other settings: IMAGE (default: scikit-image's astronaut photo), CLASSES ("a; b, synonym; c"),
+# OUT (build/demo), HTTP_PORT / GRPC_PORT / METRICS_PORT (18000-18002).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-build/demo}"
+CLASSES="${CLASSES:-person; rocket, spaceship; flag; sky; wall}"
+export HTTP_PORT="${HTTP_PORT:-18000}" GRPC_PORT="${GRPC_PORT:-18001}" METRICS_PORT="${METRICS_PORT:-18002}"
+
+bash scripts/install.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+mkdir -p "$OUT"
+
+weights=()
+[ -n "${CHECKPOINT:-}" ] && weights+=(--checkpoint "$CHECKPOINT")
+[ -n "${CLIP_CHECKPOINT:-}" ] && weights+=(--clip-checkpoint "$CLIP_CHECKPOINT")
+echo "== export"
+python -m escnet_export.run_export --variant escnet_vitb16_384 "${weights[@]}" \
+    ${SAM_CHECKPOINT:+--sam-checkpoint "$SAM_CHECKPOINT"}
+python -m escnet_export.run_export --variant catseg_vitb16_384 ${CHECKPOINT:+--checkpoint "$CHECKPOINT"} \
+    ${CLIP_CHECKPOINT:+--clip-checkpoint "$CLIP_CHECKPOINT"}
+
+echo "== build the model repository"
+python -m escnet_export.build_repository
+
+echo "== start tritonserver"
+PID_FILE="$ROOT/build/demo-tritonserver.pid"
+LOG_FILE="$ROOT/build/demo-tritonserver.log"
+export PID_FILE LOG_FILE
+bash scripts/serve.sh --wait
+trap 'bash scripts/stop_server.sh --pid-file "$PID_FILE" || true' EXIT
+
+IMAGE="${IMAGE:-$OUT/astronaut.png}"
+if [ ! -f "$IMAGE" ]; then
+    python -c "import sys; from PIL import Image; from skimage import data; Image.fromarray(data.astronaut()).save(sys.argv[1])" "$IMAGE"
+fi
+
+echo "== segment $IMAGE"
+python -m escnet_client.cli "$IMAGE" --classes "$CLASSES" --url "127.0.0.1:$HTTP_PORT" --model escnet --out "$OUT"
+echo "== done: $(ls "$OUT"/*_overlay.png)"
