@@ -12,7 +12,6 @@ when they drift from what this module generates.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,9 @@ class RepositoryPlan:
 
 def resolve_runtime(runtime: str) -> str:
     if runtime == "auto":
-        return "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "onnxruntime"
+        from escnet_export.tensorrt_engines import tensorrt_unavailable
+
+        return "onnxruntime" if tensorrt_unavailable() is not None else "tensorrt"
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be auto or one of {RUNTIMES}, got {runtime!r}")
     return runtime

@@ -17,6 +17,9 @@ if [ ! -f "$stamp" ]; then
     echo "install.sh: installing the project and its dependencies (torch is several GB; minutes)"
     python -m pip install --quiet --upgrade pip
     python -m pip install --quiet -e ".[serve,dev]"
+    # Type stubs for the TensorRT builder's mypy check. --no-deps: their metadata asks for the
+    # tensorrt wheel itself, which downloads from NVIDIA's index at install time.
+    python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"
     touch "$stamp"
 fi
 python -c "import escnet, escnet_export, escnet_client, onnxruntime, tritonclient.http" \
