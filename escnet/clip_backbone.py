@@ -112,4 +112,10 @@ def encode_text_normalised(clip_model: nn.Module, tokens: torch.Tensor) -> torch
 
     tokens: [N, 77] int64 -> [N, C]
     """
-    return F.normalize(clip_model.encode_text(tokens), dim=-1)
+    x = clip_model.token_embedding(tokens) + clip_model.positional_embedding  # [N, 77, W]
+    x = clip_model.ln_final(clip_model.transformer(x, attn_mask=clip_model.attn_mask))
+    # CLIP pools at the end-of-text token, the highest id of each prompt. A gather (not open_clip's
+    # x[arange(N), argmax]) so that ONNX shape inference keeps the named axis N.
+    end = tokens.argmax(dim=-1).view(-1, 1, 1).expand(-1, 1, x.shape[-1])  # [N, 1, W]
+    pooled = torch.gather(x, 1, end).squeeze(1)  # [N, W]
+    return F.normalize(pooled @ clip_model.text_projection, dim=-1)

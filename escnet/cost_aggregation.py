@@ -132,9 +132,13 @@ class CostAggregator(nn.Module):
         b, p, t, h, w = corr.shape
         class_mask = class_keep_mask(corr, self.config.aggregator.pad_len)
         embedding = self.conv1(corr.transpose(1, 2).reshape(b * t, p, h, w))  # [B*T, 128, G, G]
-        embedding = embedding.reshape(b, t, -1, h, w).transpose(1, 2)  # [B, 128, T, G, G]
+        hidden = self.conv1.out_channels
+        embedding = embedding.reshape(b, t, hidden, h, w).transpose(1, 2)  # [B, 128, T, G, G]
         text = F.normalize(text_embeddings.mean(dim=1), dim=-1)  # [T, C]
-        text_guidance = self.text_guidance_projection(text).unsqueeze(0).expand(b, -1, -1)  # [B, T, 128]
+        # Broadcast over the batch by an addition, not expand(): ONNX shape inference then keeps the
+        # named axes B and T of the output (a TensorRT-readiness lint requirement).
+        per_image = torch.zeros_like(class_mask).unsqueeze(-1)  # [B, T, 1]
+        text_guidance = self.text_guidance_projection(text).unsqueeze(0) + per_image  # [B, T, 128]
         appearance = (
             self.guidance_projection(image_features) if self.guidance_projection is not None else None
         )

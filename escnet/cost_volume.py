@@ -36,10 +36,10 @@ def class_keep_mask(corr: torch.Tensor, max_classes: int) -> torch.Tensor:
     if max_classes <= 0:
         return torch.ones(corr.shape[0], corr.shape[2], dtype=torch.float32, device=corr.device)
     peak = corr.transpose(1, 2).flatten(2).amax(dim=-1)  # [B, T]
-    classes = peak.shape[1]
-    index = torch.arange(classes, device=corr.device)
+    # Class indices as a cumulative sum, not arange(T): ONNX shape inference keeps the axis T.
+    index = torch.ones_like(peak).cumsum(dim=1)  # [B, T]: 1..T
     higher = peak.unsqueeze(1) > peak.unsqueeze(2)  # [B, T(self), T(other)]: other beats self
-    tied_before = (peak.unsqueeze(1) == peak.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
+    tied_before = (peak.unsqueeze(1) == peak.unsqueeze(2)) & (index.unsqueeze(1) < index.unsqueeze(2))
     rank = (higher | tied_before).to(torch.float32).sum(dim=-1)  # [B, T]
     return (rank < max_classes).to(torch.float32)
 
