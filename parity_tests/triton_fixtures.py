@@ -1,0 +1,141 @@
+"""pytest plugin: one real tritonserver per test session, serving the ``escnet`` and ``catseg`` ensembles.
+
+Registered by ``pytest_plugins = ["triton_fixtures"]`` in parity_tests/conftest.py (or, alone,
+``PYTHONPATH=parity_tests pytest -p triton_fixtures ...``). Nothing here is mocked:
+
+* ``onnx_graphs``: the graphs of both default variants, exported by ``run_export`` into
+  ``artifacts/onnx`` (or ``$ESCNET_ONNX_DIR``); an up-to-date export is reused (its cache key).
+* ``triton_repository``: the repository built by ``build_repository`` into a session temp folder,
+  configs included; the checked-in ``model_repository/`` is never touched.
+* ``triton_server``: ONE tritonserver on free loopback ports, started on first use and stopped at the
+  end of the session; skips (with the reason) where no tritonserver or tritonclient is installed.
+* ``http_client`` / ``grpc_client``: tritonclient clients of that server, closed after each test.
+* ``reference_models``: ``build_model(variant)`` per variant, built on first use and kept: built
+  exactly as ``run_export`` builds the model it exports (seed 0, no checkpoint files).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ONNX_DIR_ENV = "ESCNET_ONNX_DIR"
+SERVER_START_TIMEOUT_S = 600.0
+CLIENT_TIMEOUT_S = 900.0  # one request with T = 150 classes takes minutes on a loaded 2-core CPU
+
+
+def onnx_dir() -> Path:
+    """Where the exported graphs live: ``$ESCNET_ONNX_DIR`` or the project's artifacts/onnx."""
+    env = os.environ.get(ONNX_DIR_ENV)
+    return Path(env) if env else ROOT / "artifacts" / "onnx"
+
+
+def _missing_serving_reason() -> str | None:
+    """Why this machine cannot run the served tests, or None when it can."""
+    if importlib.util.find_spec("tritonclient") is None:
+        return "tritonclient is not installed (pip install -e '.[serve]')"
+    from escnet_export.triton_server import locate_tritonserver
+
+    try:
+        locate_tritonserver()
+    except RuntimeError as error:
+        return f"no tritonserver: {error}"
+    return None
+
+
+class ReferenceModels:
+    """The PyTorch reference of each variant, built on first use (seed 0, random weights, no files)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, object] = {}
+
+    def __getitem__(self, variant: str):  # -> OpenVocabSegmenter
+        if variant not in self._models:
+            from escnet.registry import build_model
+
+            # The same call run_export makes when it builds the model it exports (no checkpoint
+            # arguments, default seed): the served graphs must reproduce this model.
+            self._models[variant] = build_model(variant)
+        return self._models[variant]
+
+
+@pytest.fixture(scope="session")
+def reference_models() -> ReferenceModels:
+    return ReferenceModels()
+
+
+@pytest.fixture(scope="session")
+def onnx_graphs() -> Path:
+    """Export (or reuse) the graphs of both default variants; returns the folder above <variant>/."""
+    from escnet_export.build_repository import DEFAULT_VARIANTS
+    from escnet_export.run_export import run_export
+
+    directory = onnx_dir()
+    for variant in DEFAULT_VARIANTS.values():
+        start = time.perf_counter()
+        result = run_export(variant, directory, progress=False)
+        state = "reused" if result.reused else "exported"
+        print(f"\n[triton_fixtures] {variant}: {state} in {time.perf_counter() - start:.1f} s -> {directory}")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def triton_repository(onnx_graphs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model repository (configs, model.py files, graph links) in a session temp folder."""
+    from escnet_export.build_repository import build_repository
+
+    repository = tmp_path_factory.mktemp("triton") / "model_repository"
+    build_repository(repository, onnx_dir=onnx_graphs, runtime="onnxruntime")
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_repository: Path) -> Iterator[object]:
+    """ONE tritonserver for the whole session, on free ports; stopped when the session ends."""
+    reason = _missing_serving_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from escnet_export.triton_server import TritonServer
+
+    server = TritonServer(
+        model_repository=triton_repository,
+        log_path=triton_repository.parent / "tritonserver.log",
+        exit_timeout_s=10,
+    )
+    server.start(timeout_s=SERVER_START_TIMEOUT_S)
+    rss_gib = server.server_rss_bytes() / 2**30
+    print(f"\n[triton_fixtures] tritonserver ready in {server.startup_s:.1f} s, {rss_gib:.1f} GiB RSS")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http_client(triton_server) -> Iterator[object]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(
+        url=triton_server.http_url, connection_timeout=60.0, network_timeout=CLIENT_TIMEOUT_S
+    )
+    try:
+        yield client
+    finally:
+        client.close()  # an open HTTP connection would hold up the server's shutdown
+
+
+@pytest.fixture
+def grpc_client(triton_server) -> Iterator[object]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url=triton_server.grpc_url)
+    try:
+        yield client
+    finally:
+        client.close()
