@@ -117,5 +117,5 @@ def encode_text_normalised(clip_model: nn.Module, tokens: torch.Tensor) -> torch
     # CLIP pools at the end-of-text token, the highest id of each prompt. A gather (not open_clip's
     # x[arange(N), argmax]) so that ONNX shape inference keeps the named axis N.
     end = tokens.argmax(dim=-1).view(-1, 1, 1).expand(-1, 1, x.shape[-1])  # [N, 1, W]
-    pooled = torch.gather(x, 1, end).squeeze(1)  # [N, W]
+    pooled = torch.gather(x, 1, end)[:, 0]  # [N, W] (indexing, not squeeze: no If node in ONNX)
     return F.normalize(pooled @ clip_model.text_projection, dim=-1)

@@ -117,10 +117,23 @@ def triton_server(triton_repository: Path) -> Iterator[object]:
         server.stop()
 
 
+def _require_running(server) -> None:
+    """Fail with the server's log when the session's server has died (killed, e.g. by the OOM killer)."""
+    if not server.running:
+        from escnet_export.triton_server import log_excerpt
+
+        pytest.fail(
+            f"the session's tritonserver is no longer running (killed? out of memory?)\n"
+            f"{log_excerpt(server.log_path)}",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def http_client(triton_server) -> Iterator[object]:
     import tritonclient.http as httpclient
 
+    _require_running(triton_server)
     client = httpclient.InferenceServerClient(
         url=triton_server.http_url, connection_timeout=60.0, network_timeout=CLIENT_TIMEOUT_S
     )
@@ -134,6 +147,7 @@ def http_client(triton_server) -> Iterator[object]:
 def grpc_client(triton_server) -> Iterator[object]:
     import tritonclient.grpc as grpcclient
 
+    _require_running(triton_server)
     client = grpcclient.InferenceServerClient(url=triton_server.grpc_url)
     try:
         yield client

@@ -1,0 +1,115 @@
+"""Per-image latency through the served ensembles, and the share of it spent in the Python steps.
+
+    python scripts/benchmark_served.py [--ensembles escnet catseg] [--classes 20 150] [--runs 3]
+
+Starts one real tritonserver on the checked-in model_repository/ (build it first:
+``python -m escnet_export.build_repository``), sends skimage's astronaut (512 x 512, one 384 view)
+with the first T names of parity_tests/data/vocabulary.txt, and reports the median client latency.
+The text-embedding cache is warmed by the untimed first request, as a fixed vocabulary is in use.
+Per composing model, Triton's statistics API gives the compute time of the timed requests; the
+Python steps' share is the time of preprocess, text_embedder, pseudo_points and postprocess over the
+sum of all composing models. The direct ORT chain and the PyTorch reference are
+scripts/benchmark.py's (same image, same classes); their figures are read from its JSON when present,
+so the ratios are printed side by side.
+
+Writes artifacts/benchmarks/served.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as http
+from skimage import data
+
+from escnet_export.triton_server import TritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"
+DIRECT = ROOT / "artifacts" / "benchmarks" / "cpu_reference_vs_ort.json"
+OUT = ROOT / "artifacts" / "benchmarks" / "served.json"
+PYTHON_STEPS = ("preprocess", "text_embedder", "pseudo_points", "postprocess")
+VARIANTS = {"escnet": "escnet_vitb16_384", "catseg": "catseg_vitb16_384"}
+
+
+def compute_ns(client: http.InferenceServerClient) -> dict[str, int]:
+    """Cumulative compute time (input + infer + output) of every model, from Triton's statistics."""
+    totals = {}
+    for stats in client.get_inference_statistics()["model_stats"]:
+        s = stats["inference_stats"]
+        totals[stats["name"]] = sum(
+            int(s[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output")
+        )
+    return totals
+
+
+def request(client: http.InferenceServerClient, ensemble: str, image: np.ndarray, names: list[str]) -> float:
+    inputs = [
+        http.InferInput("IMAGE", list(image.shape), "UINT8"),
+        http.InferInput("CLASS_NAMES", [len(names)], "BYTES"),
+    ]
+    inputs[0].set_data_from_numpy(image)
+    inputs[1].set_data_from_numpy(np.array([n.encode() for n in names], dtype=object))
+    start = time.perf_counter()
+    client.infer(ensemble, inputs, outputs=[http.InferRequestedOutput("LABELS")])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ensembles", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--classes", nargs="+", type=int, default=[20, 150])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    args = parser.parse_args()
+    os.environ.setdefault("ESCNET_ORT_THREADS", "2")
+    names_all = [line.strip() for line in VOCABULARY.read_text().splitlines() if line.strip()]
+    image = data.astronaut()
+    direct = json.loads(DIRECT.read_text())["results"] if DIRECT.is_file() else []
+    rows = []
+    with TritonServer(model_repository=args.repository) as server:
+        client = http.InferenceServerClient(server.http_url, connection_timeout=1800, network_timeout=1800)
+        for ensemble in args.ensembles:
+            for classes in args.classes:
+                names = names_all[:classes]
+                request(client, ensemble, image, names)  # warm-up; fills the text cache
+                before = compute_ns(client)
+                latencies = [request(client, ensemble, image, names) for _ in range(args.runs)]
+                after = compute_ns(client)
+                spent = {m: after[m] - before.get(m, 0) for m in after if m.startswith(f"{ensemble}_")}
+                python = sum(v for m, v in spent.items() if m.removeprefix(f"{ensemble}_") in PYTHON_STEPS)
+                row = {
+                    "ensemble": ensemble,
+                    "classes": classes,
+                    "served_median_s": round(statistics.median(latencies), 3),
+                    "served_runs_s": [round(x, 3) for x in latencies],
+                    "python_steps_share": round(python / max(sum(spent.values()), 1), 4),
+                    "per_model_s": {m: round(v / 1e9 / args.runs, 3) for m, v in sorted(spent.items())},
+                }
+                for d in direct:
+                    if d["variant"] == VARIANTS[ensemble] and d["classes"] == classes:
+                        # warm served requests hit the text cache: compare with text embeddings given
+                        row[f"{d['backend']}_median_without_text_s"] = d["median_without_text_s"]
+                rows.append(row)
+                ort, torch_ = row.get("ort_median_without_text_s"), row.get("torch_median_without_text_s")
+                print(
+                    f"{ensemble:7s} T={classes:4d} served {row['served_median_s']:7.2f} s"
+                    f" | ORT chain {ort or float('nan'):7.2f} s | PyTorch {torch_ or float('nan'):7.2f} s"
+                    f" | served/ORT {row['served_median_s'] / ort if ort else float('nan'):.2f}"
+                    f" | Python steps {row['python_steps_share']:.1%} of model time",
+                    flush=True,
+                )
+        client.close()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"load_average": os.getloadavg(), "runs": args.runs, "rows": rows}, indent=2))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
