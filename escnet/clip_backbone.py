@@ -114,8 +114,10 @@ def encode_text_normalised(clip_model: nn.Module, tokens: torch.Tensor) -> torch
     """
     x = clip_model.token_embedding(tokens) + clip_model.positional_embedding  # [N, 77, W]
     x = clip_model.ln_final(clip_model.transformer(x, attn_mask=clip_model.attn_mask))
-    # CLIP pools at the end-of-text token, the highest id of each prompt. A gather (not open_clip's
-    # x[arange(N), argmax]) so that ONNX shape inference keeps the named axis N.
-    end = tokens.argmax(dim=-1).view(-1, 1, 1).expand(-1, 1, x.shape[-1])  # [N, 1, W]
-    pooled = torch.gather(x, 1, end)[:, 0]  # [N, W] (indexing, not squeeze: no If node in ONNX)
+    # CLIP pools at the end-of-text token, the highest id of each prompt. Selected by a one-hot
+    # weighted sum (exact: one weight is 1, the others 0), not open_clip's x[arange(N), argmax], so
+    # that ONNX shape inference keeps the named axis N.
+    positions = torch.arange(tokens.shape[1], device=tokens.device)  # [77]
+    one_hot = (positions.unsqueeze(0) == tokens.argmax(dim=-1, keepdim=True)).to(x.dtype)  # [N, 77]
+    pooled = (x * one_hot.unsqueeze(-1)).sum(dim=1)  # [N, W]
     return F.normalize(pooled @ clip_model.text_projection, dim=-1)
