@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,29 @@ def _missing_serving_reason() -> str | None:
     except RuntimeError as error:
         return f"no tritonserver: {error}"
     return None
+
+
+def _process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and its live descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    tree, todo = {pid}, [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        todo.extend(children)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 class ReferenceModels:
@@ -114,6 +138,14 @@ def triton_server(triton_repository: Path) -> Iterator[object]:
     try:
         yield server
     finally:
+        # CPU seconds, not wall time, say what the session costs on a machine of its own.
+        if server.running and server.pid is not None:
+            server_cpu = _process_tree_cpu_seconds(server.pid)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            print(
+                f"\n[triton_fixtures] CPU time: tritonserver and its models {server_cpu:.0f} s, "
+                f"test process {usage.ru_utime + usage.ru_stime:.0f} s"
+            )
         server.stop()
 
 

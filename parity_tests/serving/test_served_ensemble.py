@@ -29,6 +29,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 skimage_data = pytest.importorskip("skimage.data")
 
+from triton_fixtures import CLIENT_TIMEOUT_S  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
 from escnet_export import parity  # noqa: E402
@@ -40,12 +41,8 @@ pytestmark = pytest.mark.triton
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "artifacts" / "parity" / "served.json"
-VOCABULARY = [
-    line.strip()
-    for line in (ROOT / "parity_tests" / "data" / "vocabulary.txt").read_text().splitlines()
-    if line.strip()
-]
-CLIENT_TIMEOUT_S = 900.0
+VOCABULARY_LINES = (ROOT / "parity_tests" / "data" / "vocabulary.txt").read_text().splitlines()
+VOCABULARY = [name for name in map(str.strip, VOCABULARY_LINES) if name and not name.startswith("#")]
 # (T, photo): hubble_deep_field (872 x 1000) goes through the sliding window (5 views), astronaut is
 # 512 x 512, chelsea (300 x 451) keeps the T = 150 scores small.
 PARITY_CASES = [(1, "hubble_deep_field"), (5, "astronaut"), (150, "chelsea")]
