@@ -54,6 +54,9 @@ class OrtRunner:
         if threads is not None:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No per-session memory arena: a chain of 11 sessions otherwise keeps the sum of every
+        # graph's peak (measured 7.3 GB vs 3.6 GB for ESC-Net at T=150).
+        options.enable_cpu_mem_arena = False
         self.step = step
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -1,7 +1,7 @@
 """CPU latency and peak memory per image: the PyTorch reference against the onnxruntime chain.
 
     python scripts/benchmark.py [--variants escnet_vitb16_384 catseg_vitb16_384] [--classes 20 150]
-                                [--runs 3] [--warmup 1] [--threads 2]
+                                [--runs 2] [--warmup 1] [--threads 2] [--resume]
 
 One image (skimage's astronaut, 512 x 512 -> one 384 view) and the first T class names of
 parity_tests/data/vocabulary.txt. For each variant, T and backend a fresh subprocess loads the model
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=["escnet_vitb16_384", "catseg_vitb16_384"])
     parser.add_argument("--classes", nargs="+", type=int, default=[20, 150])
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    parser.add_argument("--runs", type=int, default=3, help="timed requests per measurement (median)")
+    parser.add_argument(
+        "--runs", type=int, default=2, help="timed requests per measurement (median); 2 keeps a run ~15 min"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests first")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (torch and onnxruntime)")
     parser.add_argument("--onnx-dir", type=Path, default=DEFAULT_ONNX)
