@@ -11,7 +11,7 @@ S input side, G = S / patch grid).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from escnet.config import ModelConfig
 
@@ -69,7 +69,35 @@ AXIS_PROFILES: dict[str, AxisProfile] = {
     "K": AxisProfile(5, 5, 5),
 }
 TOKEN_LENGTH = 77  # CLIP's context length
-MAX_CLASSES = AXIS_PROFILES["T"].maximum
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request to an ensemble may ask; the edge steps refuse anything beyond.
+
+    Written into the preprocess and text_embedder configs as parameters (``min_side``, ...), so a
+    deployment changes a limit in config.pbtxt without touching code; these are the defaults.
+    """
+
+    min_side: int = 8  # pixels; a smaller side is refused (the model sees >= 336 px a side)
+    max_pixels: int = 4096 * 4096  # H * W; a larger image is refused, not resized into memory trouble
+    max_score_elements: int = 2**28  # T * H * W: the full-size scores (1 GiB of float32) postprocess makes
+    max_classes: int = AXIS_PROFILES["T"].maximum  # T; also the engines' profile maximum
+    max_name_bytes: int = 200  # one class name, UTF-8 bytes; longer is refused, never truncated
+
+    def parameters(self) -> dict[str, str]:
+        """The limits as Triton model config parameters (string values)."""
+        return {name: str(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, str]) -> RequestLimits:
+        """Read the limits back from a model's parameters; a missing one keeps its default."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: int(value) for name, value in parameters.items() if name in names})
+
+
+REQUEST_LIMITS = RequestLimits()
+MAX_CLASSES = REQUEST_LIMITS.max_classes
 VIEW_PLAN_LENGTH = 5  # height, width, sliding (0/1), window size, stride
 
 # Public tensors of the ensembles.
@@ -130,7 +158,8 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
     if not config.use_sam_blocks:
         prep_outputs.append(appearance)
     steps = [
-        StepSpec("preprocess", "python", (IMAGE,), (images, view_plan)),
+        # preprocess reads CLASS_NAMES only for T, to refuse a T x H x W beyond the score budget.
+        StepSpec("preprocess", "python", (IMAGE, CLASS_NAMES), (images, view_plan)),
         StepSpec("text_embedder", "python", (CLASS_NAMES,), (text_embeddings,)),
         StepSpec("clip_image_encoder", "graph", (images,), (features, guidance_mid, guidance_fine)),
         StepSpec("clip_text_encoder", "graph", (tokens,), (text_features,)),

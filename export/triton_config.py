@@ -14,7 +14,7 @@ from escnet_export.contract import (
     CLASS_NAMES,
     IMAGE,
     LABELS,
-    MAX_CLASSES,
+    REQUEST_LIMITS,
     SCORES,
     StepSpec,
     TensorSpec,
@@ -32,6 +32,12 @@ PYTHON_STEP_MODULES = {
     "graph": "escnet_export.triton_models.onnx_graph",
 }
 TEXT_CACHE_SIZE = 4096  # class names kept by each text embedder's LRU cache
+# The steps that read the request, and the limits (RequestLimits fields) each one checks: each limit
+# is a parameter of exactly one model config, where a deployment may change it.
+EDGE_LIMITS = {
+    "preprocess": ("min_side", "max_pixels", "max_score_elements"),
+    "text_embedder": ("max_classes", "max_name_bytes"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ def step_config(ensemble: str, config: ModelConfig, step: StepSpec, runtime: str
         if step.name == "text_embedder":
             params["text_encoder_model"] = model_name(ensemble, "clip_text_encoder")
             params["cache_size"] = str(TEXT_CACHE_SIZE)
-            params["max_classes"] = str(MAX_CLASSES)
+        limits = REQUEST_LIMITS.parameters()
+        params.update({name: limits[name] for name in EDGE_LIMITS.get(step.name, ())})
     return head + _io("input", step.inputs) + _io("output", step.outputs) + instances + _parameters(params)
 
 

@@ -14,11 +14,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from escnet.config import MODEL_CONFIGS, ModelConfig
-from escnet_export.contract import StepSpec, step_specs
+from escnet_export.contract import RequestLimits, StepSpec, step_specs
+from escnet_export.request_checks import RequestError
 
-
-class RequestError(ValueError):
-    """A problem with the request itself (bad input), reported to the client as it is."""
+__all__ = ["RequestError", "StepModel"]
 
 
 class StepModel:
@@ -28,6 +27,7 @@ class StepModel:
     config: ModelConfig
     step: StepSpec
     parameters: dict[str, str]
+    limits: RequestLimits  # from the config's parameters (the edge steps have them)
 
     def initialize(self, args: dict[str, Any]) -> None:
         model_config = json.loads(args["model_config"])
@@ -35,6 +35,7 @@ class StepModel:
         self.parameters = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
         self.config = MODEL_CONFIGS[self.parameters["variant"]]
         self.step = step_specs(self.config)[self.parameters["step"]]
+        self.limits = RequestLimits.from_parameters(self.parameters)
         self.model_directory = f"{args['model_repository']}/{args['model_version']}"
         self.setup(args)
 

@@ -13,27 +13,11 @@ import numpy as np
 import open_clip
 import triton_python_backend_utils as pb_utils
 
-from escnet.text_prompts import SINGLE_TEMPLATE, validate_class_names
+from escnet.text_prompts import SINGLE_TEMPLATE
 from escnet_export import steps
-from escnet_export.triton_models.base import RequestError, StepModel
-
-
-def decode_class_names(raw: np.ndarray, max_classes: int) -> list[str]:
-    """BYTES [T] -> validated str names, or a RequestError naming the problem."""
-    if raw.ndim != 1:
-        raise RequestError(f"CLASS_NAMES must be a 1-D list of strings, got shape {raw.shape}")
-    if raw.shape[0] > max_classes:
-        raise RequestError(f"{raw.shape[0]} classes requested, more than the maximum of {max_classes}")
-    names = []
-    for index, item in enumerate(raw):
-        try:
-            names.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
-        except UnicodeDecodeError as error:
-            raise RequestError(f"class name {index} is not valid UTF-8: {error}") from None
-    try:
-        return validate_class_names(names)
-    except ValueError as error:
-        raise RequestError(str(error)) from None
+from escnet_export.contract import TOKEN_LENGTH
+from escnet_export.request_checks import check_prompt_tokens, decode_class_names
+from escnet_export.triton_models.base import StepModel
 
 
 class TritonPythonModel(StepModel):
@@ -41,9 +25,12 @@ class TritonPythonModel(StepModel):
         self.tokenizer = open_clip.get_tokenizer(self.config.clip.open_clip_name)
         self.encoder_model = self.parameters["text_encoder_model"]
         self.cache_size = int(self.parameters["cache_size"])
-        self.max_classes = int(self.parameters["max_classes"])
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.templates = SINGLE_TEMPLATE
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of one prompt text, start and end tokens included, before any truncation."""
+        return len(self.tokenizer.encode(text)) + 2
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """TOKENS [N, 77] int32 -> TEXT_FEATURES [N, C] through the text encoder model."""
@@ -58,9 +45,10 @@ class TritonPythonModel(StepModel):
         return pb_utils.get_output_tensor_by_name(response, "TEXT_FEATURES").as_numpy()
 
     def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = decode_class_names(inputs["CLASS_NAMES"], self.max_classes)
+        names = decode_class_names(inputs["CLASS_NAMES"], self.limits)
         missing = list(dict.fromkeys(name for name in names if name not in self.cache))
-        if missing:
+        if missing:  # a cached name passed this check before
+            check_prompt_tokens(missing, self.templates, self.count_tokens, TOKEN_LENGTH)
             embedded = steps.text_embeddings(
                 missing, self.tokenizer, self.encode, self.templates
             )  # [M, P, C]

@@ -1,0 +1,131 @@
+"""The checks at the ensembles' edge: what a request may ask, refused with a message naming the problem.
+
+The preprocess step checks the image (and T x H x W against the score budget), the text embedder
+checks the class names; both read their :class:`~escnet_export.contract.RequestLimits` from their
+model config. Triton itself refuses a wrong IMAGE dtype, rank or channel count before any of this
+runs (the configs declare UINT8 [-1, -1, 3]); the image checks repeat it for direct callers.
+
+Messages quote at most :data:`QUOTED_CHARS` characters of a name: a log line never carries a whole
+input. Only numpy here: the checks are unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from escnet_export.contract import RequestLimits
+
+QUOTED_CHARS = 40  # of a class name, in a message
+
+
+class RequestError(ValueError):
+    """A problem with the request itself (bad input), reported to the client as it is."""
+
+
+def quoted(name: str) -> str:
+    """A class name as a message shows it: repr, cut to QUOTED_CHARS characters."""
+    return repr(name[:QUOTED_CHARS]) + ("..." if len(name) > QUOTED_CHARS else "")
+
+
+def check_image(image: np.ndarray, limits: RequestLimits) -> None:
+    """IMAGE [H, W, 3] uint8 within min_side and max_pixels, else RequestError."""
+    if image.dtype != np.uint8:
+        raise RequestError(f"IMAGE must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise RequestError(f"IMAGE must have shape [H, W, 3] (RGB), got {list(image.shape)}")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if height == 0 or width == 0:
+        raise RequestError(f"image is empty: shape {list(image.shape)}")
+    if min(height, width) < limits.min_side:
+        raise RequestError(
+            f"image of {height}x{width} pixels is too small: each side must be at least {limits.min_side}"
+        )
+    if height * width > limits.max_pixels:
+        raise RequestError(
+            f"image of {height}x{width} = {height * width} pixels exceeds the limit of {limits.max_pixels}"
+        )
+
+
+def check_score_budget(height: int, width: int, num_classes: int, limits: RequestLimits) -> None:
+    """T x H x W within max_score_elements (the full-size per-class scores), else RequestError."""
+    elements = num_classes * height * width
+    if elements > limits.max_score_elements:
+        raise RequestError(
+            f"{num_classes} classes on a {height}x{width} image need {elements} score values, more than "
+            f"the limit of {limits.max_score_elements} (classes x pixels): send fewer classes or a "
+            "smaller image"
+        )
+
+
+def synonym_key(name: str) -> tuple[str, ...]:
+    """What CLIP's tokenizer sees of a name: its synonyms, lower-cased, blanks collapsed."""
+    parts = (" ".join(part.lower().split()) for part in name.split(","))
+    return tuple(part for part in parts if part)
+
+
+def decode_class_names(raw: np.ndarray, limits: RequestLimits) -> list[str]:
+    """CLASS_NAMES BYTES [T] -> str names, or a RequestError naming the problem.
+
+    Refused: not 1-D; no class; more than max_classes; a name over max_name_bytes (UTF-8), not
+    UTF-8, blank or made only of commas; two names CLIP cannot tell apart (the same synonyms up to
+    case and blanks: identical scores, an ambiguous label).
+    """
+    if raw.ndim != 1:
+        raise RequestError(f"CLASS_NAMES must be a 1-D list of strings, got shape {list(raw.shape)}")
+    if raw.shape[0] == 0:
+        raise RequestError("the class list is empty: give at least one class name")
+    if raw.shape[0] > limits.max_classes:
+        raise RequestError(f"{raw.shape[0]} classes requested, more than the maximum of {limits.max_classes}")
+    names: list[str] = []
+    seen: dict[tuple[str, ...], int] = {}
+    for index, item in enumerate(raw):
+        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        if len(data) > limits.max_name_bytes:
+            shown = quoted(data[: QUOTED_CHARS * 4].decode("utf-8", errors="replace"))
+            raise RequestError(
+                f"class name {index} ({shown}) is {len(data)} bytes long, more than the limit of "
+                f"{limits.max_name_bytes} bytes (names are refused, never truncated)"
+            )
+        try:
+            name = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RequestError(
+                f"class name {index} is not valid UTF-8 (byte {error.start}: {error.reason})"
+            ) from None
+        key = synonym_key(name)
+        if not key:
+            raise RequestError(f"class name {index} ({quoted(name)}) is empty or blank")
+        if key in seen:
+            raise RequestError(
+                f"class names {seen[key]} and {index} ({quoted(name)}) are the same class: duplicates "
+                "get identical scores and make the label ambiguous; send each class once"
+            )
+        seen[key] = index
+        names.append(name)
+    return names
+
+
+def check_prompt_tokens(
+    names: Sequence[str],
+    templates: Sequence[str],
+    count_tokens: Callable[[str], int],
+    token_length: int,
+) -> None:
+    """Every prompt text (template x synonym) fits CLIP's context, else RequestError.
+
+    count_tokens: text -> its tokens including the start and end tokens. CLIP's tokenizer would cut
+    a longer prompt silently; we refuse it instead.
+    """
+    for index, name in enumerate(names):
+        for synonym in (part.strip() for part in name.split(",")):
+            if not synonym:
+                continue
+            for template in templates:
+                tokens = count_tokens(template.format(synonym))
+                if tokens > token_length:
+                    raise RequestError(
+                        f"class name {index} ({quoted(name)}) makes a prompt of {tokens} tokens; CLIP "
+                        f"reads at most {token_length} (names are refused, never truncated)"
+                    )
