@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -46,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BUILD_REPOSITORY_COMMAND = "python -m escnet_export.build_repository"
+BUILD_ENGINES_COMMAND = "python -m escnet_export.build_engines"
+ONNX_FIRST_BYTE = 0x08  # protobuf tag of ModelProto field 1 (ir_version), varint
 
 # Flags every server gets (before any extra arguments, which may override them).
 SERVER_FLAGS: tuple[str, ...] = (
@@ -65,6 +69,10 @@ _SYSTEM_LIB_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"
 
 class ModelRepositoryNotBuilt(RuntimeError):
     """The model repository does not exist or holds no ``<model>/config.pbtxt``."""
+
+
+class BrokenModelFile(ModelRepositoryNotBuilt):
+    """A graph file of the repository is empty, corrupt, or a plan built for another machine."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,19 +120,95 @@ def check_model_repository(model_repository: Path) -> list[str]:
             f"Model repository {repo} is not built: no graph (1/model.onnx or 1/model.plan) for {listed}. "
             f"Build it with: {BUILD_REPOSITORY_COMMAND}"
         )
+    for name in models:
+        problem = _broken_graph(repo / name)
+        if problem is not None:
+            raise BrokenModelFile(problem)
     return models
+
+
+def _graph_kind(model_dir: Path) -> str | None:
+    """ "plan" (tensorrt_plan), "onnx" (an ONNX graph run by a Python model) or None (no graph)."""
+    config = (model_dir / "config.pbtxt").read_text()
+    if 'platform: "tensorrt_plan"' in config:
+        return "plan"
+    model_py = model_dir / "1" / "model.py"
+    if model_py.is_file() and "onnx_graph" in model_py.read_text():
+        return "onnx"
+    return None
 
 
 def _missing_graph(model_dir: Path) -> bool:
     """A graph model (ONNX run by a Python model, or a TensorRT plan) whose graph file is absent."""
-    config = (model_dir / "config.pbtxt").read_text()
-    version = model_dir / "1"
-    if 'platform: "tensorrt_plan"' in config:
-        return not (version / "model.plan").is_file()
-    model_py = version / "model.py"
-    if model_py.is_file() and "onnx_graph" in model_py.read_text():
-        return not (version / "model.onnx").exists()
+    kind = _graph_kind(model_dir)
+    if kind == "plan":
+        return not (model_dir / "1" / "model.plan").is_file()
+    if kind == "onnx":
+        return not (model_dir / "1" / "model.onnx").exists()
     return False
+
+
+def _broken_graph(model_dir: Path) -> str | None:
+    """Why a present graph file cannot be served (corrupt, or a plan for another machine), or None."""
+    kind = _graph_kind(model_dir)
+    if kind == "onnx":
+        return _onnx_problem(model_dir / "1" / "model.onnx")
+    if kind == "plan":
+        return _plan_problem(model_dir / "1" / "model.plan")
+    return None
+
+
+def _onnx_problem(path: Path) -> str | None:
+    """A cheap look at an ONNX file: not empty, and a protobuf ModelProto opening with ir_version.
+
+    onnx writes fields in number order, so every graph it serialises starts with field 1
+    (ir_version, a varint: byte 0x08). A full parse happens when onnxruntime loads the graph.
+    """
+    fix = (
+        f"re-export the graph (python -m escnet_export.run_export), then rebuild: {BUILD_REPOSITORY_COMMAND}"
+    )
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not head:
+        return f"{path} (-> {path.resolve()}) is empty: {fix}"
+    if head[0] != ONNX_FIRST_BYTE:
+        return f"{path} (-> {path.resolve()}) is not an ONNX model (corrupt or another file): {fix}"
+    return None
+
+
+def _plan_problem(path: Path) -> str | None:
+    """A plan against its metadata sidecar (model.plan.json, written by build_engines).
+
+    Where this project and TensorRT are importable, ``tensorrt_engines.check_plan`` also checks the
+    TensorRT version and the GPU; without TensorRT only the sidecar and the plan's sha256 are checked.
+    """
+    fix = f"build the engines on this machine: {BUILD_ENGINES_COMMAND} --repository {path.parents[2]}"
+    sidecar = path.with_name(path.name + ".json")
+    if path.stat().st_size == 0:
+        return f"{path} is empty: {fix}"
+    if not sidecar.is_file():
+        return f"{path} has no metadata ({sidecar.name}): it was not built by this project; {fix}"
+    try:
+        expected = json.loads(sidecar.read_text())["plan_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{sidecar} is unreadable ({type(error).__name__}: {error}); {fix}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        return f"{path} does not match its metadata {sidecar.name} (replaced or corrupted): {fix}"
+    try:
+        from escnet_export.tensorrt_engines import PlanMismatch, check_plan, tensorrt_unavailable
+    except ImportError:  # serve.sh on a machine where the project is not installed
+        return None
+    if tensorrt_unavailable() is not None:
+        return None
+    try:
+        check_plan(path)
+    except PlanMismatch as error:
+        return str(error)
+    return None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,15 @@ class StepModel:
         self.step = step_specs(self.config)[self.parameters["step"]]
         self.limits = RequestLimits.from_parameters(self.parameters)
         self.model_directory = f"{args['model_repository']}/{args['model_version']}"
-        self.setup(args)
+        try:
+            self.setup(args)
+        except Exception as error:  # the load fails; say which model, which folder and what to do
+            raise RuntimeError(
+                f"{self.model_name}: could not load from {self.model_directory}: "
+                f"{type(error).__name__}: {error}. If a graph file (model.onnx) is missing or corrupt, "
+                f"re-export it (python -m escnet_export.run_export --variant {self.config.name}) and "
+                "rebuild the repository (python -m escnet_export.build_repository)"
+            ) from error
 
     def setup(self, args: dict[str, Any]) -> None:
         """Load what the step needs once (graphs, tokenizers)."""
