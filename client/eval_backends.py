@@ -104,8 +104,9 @@ class ReferenceBackend:
         return cls(model.to(device))
 
     def __call__(self, image: np.ndarray, classes: list[str]) -> np.ndarray:
+        pixels = image if image.flags.writeable else image.copy()  # torch warns on read-only arrays
         with self._lock:
-            segmentation = self.model.segment(image, classes)
+            segmentation = self.model.segment(pixels, classes)
         return segmentation.labels.cpu().numpy()  # [H, W] int64
 
     def close(self) -> None:

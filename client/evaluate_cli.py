@@ -145,7 +145,13 @@ def run(args: argparse.Namespace) -> int:
         write_report(args.out, document, classes, result.scores(name))
     print(summary(result, names), flush=True)
     if len(names) == 2:
-        comparison = {"agreement": result.agreement, "miou": {n: _miou(result, n) for n in names}}
+        comparison = {
+            "agreement": result.agreement,
+            "agreeing_pixels": result.agreeing_pixels,
+            "compared_pixels": result.compared_pixels,
+            "miou": {name: _miou(result, name) for name in names},
+            "miou_difference": _miou(result, names[0]) - _miou(result, names[1]),
+        }
         (args.out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
     print(f"reports written to {args.out}", flush=True)
     return EXIT_OK
