@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from escnet_client.errors import SegmentationError, ServerUnavailable, translate_error
+from escnet_client.errors import RequestTimeout, SegmentationError, ServerUnavailable, translate_error
 from escnet_client.images import ImageInput
 from escnet_client.result import SegmentationResult, Timings
 from escnet_client.shm import (
@@ -43,6 +43,14 @@ from escnet_client.wire import (
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5  # between readiness probes
+DEFAULT_RETRIES = 3  # further attempts of a call the server could not take (connection refused, 503)
+DEFAULT_RETRY_BACKOFF_S = 0.5  # before the first retry; doubles each time, at most MAX_RETRY_WAIT_S
+MAX_RETRY_WAIT_S = 8.0
+
+
+def retry_waits(retries: int, backoff_s: float) -> list[float]:
+    """The waits before each retry: backoff_s, 2 * backoff_s, ... capped at MAX_RETRY_WAIT_S."""
+    return [min(backoff_s * 2**attempt, MAX_RETRY_WAIT_S) for attempt in range(retries)]
 
 
 class SegmentationClient:
@@ -56,6 +64,10 @@ class SegmentationClient:
                        regions are always removed: after an error answer the client waits
                        ERROR_GRACE_S first, after a timeout until the server lets them go (see
                        escnet_client.shm)
+    retries:           how many more times ``segment`` is tried when the server cannot be reached or
+                       answers "unavailable" (a restarting server); never after a timeout (the server
+                       may still be working) nor after a refusal. Segmenting is idempotent.
+    retry_backoff_s:   wait before the first retry, doubled before each next (at most 8 s)
     """
 
     def __init__(
@@ -65,9 +77,15 @@ class SegmentationClient:
         protocol: str = "http",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         use_shared_memory: bool = False,
+        retries: int = DEFAULT_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if retries < 0 or retry_backoff_s < 0:
+            raise ValueError(f"retries and retry_backoff_s must be >= 0, got {retries}, {retry_backoff_s}")
+        self.retries = int(retries)
+        self.retry_backoff_s = float(retry_backoff_s)
         self.protocol = check_protocol(protocol)
         self.url = normalize_url(url, protocol)
         self.timeout_s = float(timeout_s)
@@ -164,26 +182,46 @@ class SegmentationClient:
         started = time.perf_counter()
         request = prepare_request(image, classes, scores=scores, model=model)
         shared = self.use_shared_memory if use_shared_memory is None else use_shared_memory
-        if not shared:
-            result = self._infer(request, None, started)
-        else:
-            regions = RequestRegions.plan(request.image.shape, len(request.class_names), request.scores)
-            error_answer = False  # the server answered with an error (not: could not be reached)
+        waits = retry_waits(self.retries, self.retry_backoff_s)
+        for attempt in range(len(waits) + 1):
             try:
-                regions.create(request.image)
-                for region in regions.all:
-                    self._call(
-                        self._client.register_system_shared_memory, region.name, region.key, region.byte_size
-                    )
-                    region.registered = True
-                try:
-                    result = self._infer(request, regions, started)
-                except SegmentationError as error:
-                    error_answer = not isinstance(error, ServerUnavailable)
+                result = self._segment_once(request, shared, started)
+                break
+            except RequestTimeout:
+                raise
+            except ServerUnavailable as error:
+                if attempt == len(waits):
                     raise
-            finally:
-                self._release(regions, error_answer)
+                log.warning(
+                    "segment: %s; retry %d of %d in %.1f s",
+                    error.message,
+                    attempt + 1,
+                    len(waits),
+                    waits[attempt],
+                )
+                time.sleep(waits[attempt])
         return replace(result, timings=replace(result.timings, total_s=time.perf_counter() - started))
+
+    def _segment_once(self, request: Request, shared: bool, started: float) -> SegmentationResult:
+        """One attempt: the request in the message, or through shared memory regions of its own."""
+        if not shared:
+            return self._infer(request, None, started)
+        regions = RequestRegions.plan(request.image.shape, len(request.class_names), request.scores)
+        error_answer = False  # the server answered with an error (not: could not be reached)
+        try:
+            regions.create(request.image)
+            for region in regions.all:
+                self._call(
+                    self._client.register_system_shared_memory, region.name, region.key, region.byte_size
+                )
+                region.registered = True
+            try:
+                return self._infer(request, regions, started)
+            except SegmentationError as error:
+                error_answer = not isinstance(error, ServerUnavailable)
+                raise
+        finally:
+            self._release(regions, error_answer)
 
     def _infer(self, request: Request, regions: RequestRegions | None, started: float) -> SegmentationResult:
         inputs, outputs = build_tensors(self._module, request, regions)

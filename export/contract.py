@@ -158,8 +158,7 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
     if not config.use_sam_blocks:
         prep_outputs.append(appearance)
     steps = [
-        # preprocess reads CLASS_NAMES only for T, to refuse a T x H x W beyond the score budget.
-        StepSpec("preprocess", "python", (IMAGE, CLASS_NAMES), (images, view_plan)),
+        StepSpec("preprocess", "python", (IMAGE,), (images, view_plan)),
         StepSpec("text_embedder", "python", (CLASS_NAMES,), (text_embeddings,)),
         StepSpec("clip_image_encoder", "graph", (images,), (features, guidance_mid, guidance_fine)),
         StepSpec("clip_text_encoder", "graph", (tokens,), (text_features,)),

@@ -1,7 +1,7 @@
 """The checks at the ensembles' edge: what a request may ask, refused with a message naming the problem.
 
-The preprocess step checks the image (and T x H x W against the score budget), the text embedder
-checks the class names; both read their :class:`~escnet_export.contract.RequestLimits` from their
+The preprocess step checks the image, the text embedder the class names, and postprocess T x H x W
+against the score budget before it makes the full-size scores; each reads its :class:`~escnet_export.contract.RequestLimits` from their
 model config. Triton itself refuses a wrong IMAGE dtype, rank or channel count before any of this
 runs (the configs declare UINT8 [-1, -1, 3]); the image checks repeat it for direct callers.
 

@@ -35,8 +35,9 @@ TEXT_CACHE_SIZE = 4096  # class names kept by each text embedder's LRU cache
 # The steps that read the request, and the limits (RequestLimits fields) each one checks: each limit
 # is a parameter of exactly one model config, where a deployment may change it.
 EDGE_LIMITS = {
-    "preprocess": ("min_side", "max_pixels", "max_score_elements"),
+    "preprocess": ("min_side", "max_pixels"),
     "text_embedder": ("max_classes", "max_name_bytes"),
+    "postprocess": ("max_score_elements",),
 }
 
 

@@ -8,11 +8,17 @@ import numpy as np
 
 from escnet_export import steps
 from escnet_export.contract import SCORES
+from escnet_export.request_checks import check_score_budget
 from escnet_export.triton_models.base import StepModel
 
 
 class TritonPythonModel(StepModel):
     def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # T x H x W full-size scores: refused beyond the budget before they are allocated. (Checked
+        # here, where T and H, W meet; feeding CLASS_NAMES to preprocess to check it at the edge
+        # made an escnet request over gRPC hang after an empty-image refusal: not yet understood.)
+        height, width = int(inputs["VIEW_PLAN"][0]), int(inputs["VIEW_PLAN"][1])
+        check_score_budget(height, width, inputs["LOGITS"].shape[1], self.limits)
         outputs = steps.postprocess(inputs["LOGITS"], inputs["VIEW_PLAN"])
         if SCORES.name not in request.requested_output_names():
             outputs.pop(SCORES.name)

@@ -34,7 +34,15 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # n
 
 from escnet_export import parity  # noqa: E402
 from escnet_export.build_repository import DEFAULT_VARIANTS  # noqa: E402
-from escnet_export.contract import CLASS_NAMES, IMAGE, LABELS, MAX_CLASSES, SCORES  # noqa: E402
+from escnet_export.contract import (  # noqa: E402
+    CLASS_NAMES,
+    IMAGE,
+    LABELS,
+    MAX_CLASSES,
+    REQUEST_LIMITS,
+    SCORES,
+    TOKEN_LENGTH,
+)
 from escnet_export.triton_config import model_name  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -257,22 +265,54 @@ def _image() -> np.ndarray:
     return photo("chelsea")
 
 
+LIMITS = REQUEST_LIMITS
+TRITON_SHAPE = r"(?i)shape.*IMAGE|IMAGE.*shape"  # Triton's own refusal of a wrong rank or channel count
+# Over max_score_elements with few classes: an image within max_pixels, T x H x W beyond the budget.
+BUDGET_SIDE = int((LIMITS.max_score_elements // 20) ** 0.5) + 1
+# (image, class names, what the refusal must say). Wrong dtype, rank and channel count are refused
+# by Triton itself (the config declares UINT8 [-1, -1, 3]); everything else by the edge steps.
 BAD_REQUESTS = {
     "empty class list": (_image, [], r"class list is empty"),
     "empty image": (lambda: np.zeros((0, 451, 3), np.uint8), ["cat"], r"image is empty"),
-    "float32 image": (lambda: _image().astype(np.float32), ["cat"], r"IMAGE.*FP32.*UINT8|UINT8.*FP32"),
-    "four channels": (
-        lambda: np.concatenate([_image(), _image()[..., :1]], axis=2),
+    "tiny image": (
+        lambda: _image()[: LIMITS.min_side - 1],
         ["cat"],
-        r"(?i)shape.*IMAGE|IMAGE.*shape",
+        rf"too small: each side must be at least {LIMITS.min_side}",
     ),
+    "image over the pixel budget": (
+        lambda: np.zeros((4097, LIMITS.max_pixels // 4096, 3), np.uint8),
+        ["cat"],
+        rf"pixels exceeds the limit of {LIMITS.max_pixels}",
+    ),
+    "classes x pixels over the score budget": (
+        lambda: np.zeros((BUDGET_SIDE, BUDGET_SIDE, 3), np.uint8),
+        [f"budget {i}" for i in range(20)],
+        rf"20 classes on a .* more than the limit of {LIMITS.max_score_elements}",
+    ),
+    "float32 image": (lambda: _image().astype(np.float32), ["cat"], r"IMAGE.*FP32.*UINT8|UINT8.*FP32"),
+    "grey image (rank 2)": (lambda: np.ascontiguousarray(_image()[..., 0]), ["cat"], TRITON_SHAPE),
+    "batch of images (rank 4)": (lambda: _image()[None], ["cat"], TRITON_SHAPE),
+    "four channels": (lambda: np.concatenate([_image(), _image()[..., :1]], axis=2), ["cat"], TRITON_SHAPE),
     "too many classes": (
         _image,
         [f"class {i}" for i in range(MAX_CLASSES + 1)],
         rf"{MAX_CLASSES + 1} classes requested, more than the maximum of {MAX_CLASSES}",
     ),
-    "blank class name": (_image, ["cat", " , ,  "], r"class name .* is empty"),
-    "non-UTF-8 class name": (_image, ["cat", b"\xff\xfe caf\xe9"], r"not valid UTF-8"),
+    "empty class name": (_image, ["cat", ""], r"class name 1 .* is empty or blank"),
+    "whitespace-only class name": (_image, ["cat", " \t  "], r"class name 1 .* is empty or blank"),
+    "commas-only class name": (_image, ["cat", " , ,  "], r"class name 1 .* is empty or blank"),
+    "duplicate class names": (_image, ["cat", "wall", "Cat "], r"class names 0 and 2 .* are the same class"),
+    "non-UTF-8 class name": (_image, ["cat", b"\xff\xfe caf\xe9"], r"class name 1 is not valid UTF-8"),
+    "class name over the byte limit": (
+        _image,
+        ["cat", "x" * (LIMITS.max_name_bytes + 1)],
+        rf"{LIMITS.max_name_bytes + 1} bytes long, more than the limit of {LIMITS.max_name_bytes} bytes",
+    ),
+    "class name over CLIP's 77 tokens": (
+        _image,
+        ["cat", " ".join(["q"] * 100)],
+        rf"makes a prompt of \d+ tokens; CLIP reads at most {TOKEN_LENGTH}",
+    ),
 }
 GOOD_REQUEST = ("escnet", "chelsea", ["cat", "wall"])
 
@@ -295,7 +335,9 @@ def test_bad_request_is_refused_and_the_server_carries_on(
     for client in (http_client, grpc_client):
         with pytest.raises(InferenceServerException, match=message) as error:
             infer(client, "escnet", make_image(), names)
-        print(f"\n{case} ({type(client).__module__}): {error.value.message()}")
+        message_text = error.value.message()
+        print(f"\n{case} ({type(client).__module__}): {message_text[:300]}")
+        assert len(message_text) < 1000, "the refusal echoes the request"
     assert http_client.is_server_ready() and http_client.is_model_ready("escnet")
     ensemble, image_name, good_names = GOOD_REQUEST
     answer = infer(http_client, ensemble, photo(image_name), good_names)
