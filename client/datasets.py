@@ -226,7 +226,7 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
             raise DatasetError(f"class list {source} is not valid JSON: {error}") from None
         if not isinstance(items, list):
             raise DatasetError(f"class list {source} must hold a JSON list of names")
-        names = [", ".join(item) if isinstance(item, list) else item for item in items]
+        names = [_synonyms(item) if isinstance(item, list) else item for item in items]
     else:
         lines = [line.strip() for line in text.splitlines()]
         names = [line for line in lines if line and not line.startswith("#")]
@@ -236,3 +236,9 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     if not names:
         raise DatasetError(f"class list {source} names no class")
     return [name.strip() for name in names]
+
+
+def _synonyms(item: list[object]) -> object:
+    """A JSON list of synonyms -> one name ``"sofa, couch"``; anything else is returned to be refused."""
+    words = [word for word in item if isinstance(word, str)]
+    return ", ".join(words) if item and len(words) == len(item) else item

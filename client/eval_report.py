@@ -103,5 +103,6 @@ def iou_chart(classes: list[str], scores: Scores, title: str) -> Image.Image:
         draw.text((right + 4, top), f"{100 * iou:.1f}", fill="black", font=font)
     axis = ROW_PX * (len(classes) + 1) + 2
     draw.line((NAME_PX, ROW_PX, NAME_PX, axis), fill="black")
+    draw.line((NAME_PX + BAR_PX, ROW_PX, NAME_PX + BAR_PX, axis), fill=(200, 200, 200))  # IoU = 100 %
     draw.text((NAME_PX + BAR_PX - 30, axis), "100 %", fill="grey", font=font)
     return chart

@@ -119,6 +119,9 @@ def test_class_lists(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("wall; floor\n")
     with pytest.raises(DatasetError, match="entry 0"):
         read_class_list(tmp_path / "bad.txt")
+    (tmp_path / "nested.json").write_text(json.dumps(["wall", ["sofa", 3]]))
+    with pytest.raises(DatasetError, match="entry 1"):
+        read_class_list(tmp_path / "nested.json")
     (tmp_path / "bad.json").write_text('{"a": 1}')
     with pytest.raises(DatasetError, match="JSON list"):
         read_class_list(tmp_path / "bad.json")
