@@ -106,7 +106,9 @@ def export_graph(model: OpenVocabSegmenter, name: str, path: Path, opset: int = 
         )
     torch.backends.mha.set_fastpath_enabled(fastpath)
     onnx.checker.check_model(str(path), full_check=True)
-    onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True)
+    # data_prop: the tracer writes reshapes as Shape -> Gather -> Mul -> Concat; propagating those
+    # values is what lets the fixed sizes (24 x 24, 96 x 96) reach the declared outputs.
+    onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True, data_prop=True)
 
 
 def run_export(

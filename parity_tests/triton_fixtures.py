@@ -20,6 +20,7 @@ import importlib.util
 import os
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +86,10 @@ class ReferenceModels:
 
             # The same call run_export makes when it builds the model it exports (no checkpoint
             # arguments, default seed): the served graphs must reproduce this model.
-            self._models[variant] = build_model(variant)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the random-weights warning is expected here
+                self._models[variant] = build_model(variant)
+            print(f"\n[triton_fixtures] {variant}: reference built (seed 0, random weights, no files)")
         return self._models[variant]
 
 
@@ -103,7 +107,9 @@ def onnx_graphs() -> Path:
     directory = onnx_dir()
     for variant in DEFAULT_VARIANTS.values():
         start = time.perf_counter()
-        result = run_export(variant, directory, progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning is expected here
+            result = run_export(variant, directory, progress=False)
         state = "reused" if result.reused else "exported"
         print(f"\n[triton_fixtures] {variant}: {state} in {time.perf_counter() - start:.1f} s -> {directory}")
     return directory
@@ -120,13 +126,14 @@ def triton_repository(onnx_graphs: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
-def triton_server(triton_repository: Path) -> Iterator[object]:
+def triton_server(request: pytest.FixtureRequest) -> Iterator[object]:
     """ONE tritonserver for the whole session, on free ports; stopped when the session ends."""
     reason = _missing_serving_reason()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(reason)  # before the export, which takes minutes
     from escnet_export.triton_server import TritonServer
 
+    triton_repository: Path = request.getfixturevalue("triton_repository")
     server = TritonServer(
         model_repository=triton_repository,
         log_path=triton_repository.parent / "tritonserver.log",
@@ -144,7 +151,8 @@ def triton_server(triton_repository: Path) -> Iterator[object]:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             print(
                 f"\n[triton_fixtures] CPU time: tritonserver and its models {server_cpu:.0f} s, "
-                f"test process {usage.ru_utime + usage.ru_stime:.0f} s"
+                f"test process {usage.ru_utime + usage.ru_stime:.0f} s; server RSS at the end "
+                f"{server.server_rss_bytes() / 2**30:.1f} GiB"
             )
         server.stop()
 
