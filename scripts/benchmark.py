@@ -52,7 +52,9 @@ def proc_status_mib(field: str) -> float:
 
 
 def class_names(count: int) -> list[str]:
-    names = [line.strip() for line in VOCABULARY.read_text().splitlines() if line.strip()]
+    from escnet_client import read_classes_file
+
+    names = read_classes_file(VOCABULARY)
     if count > len(names):
         raise SystemExit(f"{VOCABULARY} has {len(names)} class names, {count} asked for")
     return names[:count]

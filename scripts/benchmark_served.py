@@ -10,7 +10,8 @@ Per composing model, Triton's statistics API gives the compute time of the timed
 Python steps' share is the time of preprocess, text_embedder, pseudo_points and postprocess over the
 sum of all composing models. The direct ORT chain and the PyTorch reference are
 scripts/benchmark.py's (same image, same classes); their figures are read from its JSON when present,
-so the ratios are printed side by side.
+so the ratios are printed side by side. With --direct, this command runs scripts/benchmark.py first
+(same variants, classes and runs), so the three are measured in one run on the same machine.
 
 Writes artifacts/benchmarks/served.json.
 """
@@ -21,6 +22,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,25 +31,15 @@ import numpy as np
 import tritonclient.http as http
 from skimage import data
 
+from escnet_client import read_classes_file
 from escnet_export.triton_server import TritonServer
+from escnet_export.triton_stats import composing_seconds, compute_snapshot, python_share
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"
 DIRECT = ROOT / "artifacts" / "benchmarks" / "cpu_reference_vs_ort.json"
 OUT = ROOT / "artifacts" / "benchmarks" / "served.json"
-PYTHON_STEPS = ("preprocess", "text_embedder", "pseudo_points", "postprocess")
 VARIANTS = {"escnet": "escnet_vitb16_384", "catseg": "catseg_vitb16_384"}
-
-
-def compute_ns(client: http.InferenceServerClient) -> dict[str, int]:
-    """Cumulative compute time (input + infer + output) of every model, from Triton's statistics."""
-    totals = {}
-    for stats in client.get_inference_statistics()["model_stats"]:
-        s = stats["inference_stats"]
-        totals[stats["name"]] = sum(
-            int(s[k]["ns"]) for k in ("compute_input", "compute_infer", "compute_output")
-        )
-    return totals
 
 
 def request(client: http.InferenceServerClient, ensemble: str, image: np.ndarray, names: list[str]) -> float:
@@ -67,9 +60,15 @@ def main() -> None:
     parser.add_argument("--classes", nargs="+", type=int, default=[20, 150])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--direct", action="store_true", help="run scripts/benchmark.py first")
     args = parser.parse_args()
+    if args.direct:
+        variants = [VARIANTS[e] for e in args.ensembles]
+        command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--variants", *variants]
+        command += ["--classes", *map(str, args.classes), "--runs", str(args.runs), "--out", str(DIRECT)]
+        subprocess.run(command, check=True)
     os.environ.setdefault("ESCNET_ORT_THREADS", "2")
-    names_all = [line.strip() for line in VOCABULARY.read_text().splitlines() if line.strip()]
+    names_all = read_classes_file(VOCABULARY)
     image = data.astronaut()
     direct = json.loads(DIRECT.read_text())["results"] if DIRECT.is_file() else []
     rows = []
@@ -79,18 +78,16 @@ def main() -> None:
             for classes in args.classes:
                 names = names_all[:classes]
                 request(client, ensemble, image, names)  # warm-up; fills the text cache
-                before = compute_ns(client)
+                before = compute_snapshot(client)
                 latencies = [request(client, ensemble, image, names) for _ in range(args.runs)]
-                after = compute_ns(client)
-                spent = {m: after[m] - before.get(m, 0) for m in after if m.startswith(f"{ensemble}_")}
-                python = sum(v for m, v in spent.items() if m.removeprefix(f"{ensemble}_") in PYTHON_STEPS)
+                per_step = composing_seconds(before, compute_snapshot(client), ensemble, args.runs)
                 row = {
                     "ensemble": ensemble,
                     "classes": classes,
                     "served_median_s": round(statistics.median(latencies), 3),
                     "served_runs_s": [round(x, 3) for x in latencies],
-                    "python_steps_share": round(python / max(sum(spent.values()), 1), 4),
-                    "per_model_s": {m: round(v / 1e9 / args.runs, 3) for m, v in sorted(spent.items())},
+                    "python_steps_share": round(python_share(per_step), 4),
+                    "per_model_s": {step: round(seconds, 3) for step, seconds in per_step.items()},
                 }
                 for d in direct:
                     if d["variant"] == VARIANTS[ensemble] and d["classes"] == classes:
