@@ -2,11 +2,21 @@
 
 A request that fails gets an error response naming the step and the problem; the other requests
 of the batch, and the server, carry on.
+
+Error responses leave ERROR_RESPONSE_DELAY_S after the failure, not at once. tritonserver 2.51
+deadlocks when an ensemble step answers with an error while the gRPC frontend is still handing the
+same request's first steps to their models: the frontend thread holds the request's lock and waits
+for the ensemble's, the step's thread holds the ensemble's and waits for the request's (seen here
+with gdb on a hung server: an empty image refused by preprocess over gRPC; every later escnet
+request then hung, catseg's kept answering). HTTP has no such lock. Refusals by the first steps
+(preprocess, text_embedder) are the ones that come back that fast; the delay keeps them out of
+that window, at the cost of a slower error.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +27,9 @@ from escnet.config import MODEL_CONFIGS, ModelConfig
 from escnet_export.contract import RequestLimits, StepSpec, step_specs
 from escnet_export.request_checks import RequestError
 
-__all__ = ["RequestError", "StepModel"]
+__all__ = ["ERROR_RESPONSE_DELAY_S", "RequestError", "StepModel"]
+
+ERROR_RESPONSE_DELAY_S = 0.25  # see the module docstring: tritonserver 2.51's gRPC/ensemble deadlock
 
 
 class StepModel:
@@ -63,7 +75,10 @@ class StepModel:
         return inputs
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        return [self._answer(request, self.run) for request in requests]
+        responses = [self._answer(request, self.run) for request in requests]
+        if any(response.has_error() for response in responses):
+            time.sleep(ERROR_RESPONSE_DELAY_S)
+        return responses
 
     def _answer(
         self, request: Any, run: Callable[[Any, dict[str, np.ndarray]], dict[str, np.ndarray]]
