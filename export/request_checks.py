@@ -1,9 +1,10 @@
 """The checks at the ensembles' edge: what a request may ask, refused with a message naming the problem.
 
 The preprocess step checks the image, the text embedder the class names, and postprocess T x H x W
-against the score budget before it makes the full-size scores; each reads its :class:`~escnet_export.contract.RequestLimits` from their
-model config. Triton itself refuses a wrong IMAGE dtype, rank or channel count before any of this
-runs (the configs declare UINT8 [-1, -1, 3]); the image checks repeat it for direct callers.
+against the score budget before it makes the full-size scores; each reads its limits
+(:class:`~escnet_export.contract.RequestLimits`) from its model config. Triton itself refuses a
+wrong IMAGE dtype, rank or channel count before any of this runs (the configs declare UINT8
+[-1, -1, 3]); the image checks repeat it for direct callers.
 
 Messages quote at most :data:`QUOTED_CHARS` characters of a name: a log line never carries a whole
 input. Only numpy here: the checks are unit-tested without a server.

@@ -283,9 +283,12 @@ def test_shared_memory_regions_are_created_and_destroyed() -> None:
     assert RequestRegions.plan(image.shape, 3, False).image.name != regions.image.name  # unique names
 
 
-def test_client_imports_no_model_code() -> None:
+@pytest.mark.parametrize("modules", ["escnet_client, escnet_client.cli", "escnet_client.evaluate_cli"])
+def test_client_imports_no_model_code(modules: str) -> None:
+    """The SDK, the segment CLI and escnet-evaluate load no torch, onnxruntime or model code (the
+    evaluation's reference backend imports them only when it is built)."""
     code = (
-        "import sys, escnet_client, escnet_client.cli\n"
+        f"import sys, {modules}\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'open_clip') if m in sys.modules]\n"
         "heavy += [m for m in sys.modules if m.startswith('escnet.') and m != 'escnet.config']\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
