@@ -38,7 +38,7 @@ def onnx_dir() -> Path:
     return Path(env) if env else ROOT / "artifacts" / "onnx"
 
 
-def _missing_serving_reason() -> str | None:
+def missing_serving_reason() -> str | None:
     """Why this machine cannot run the served tests, or None when it can."""
     if importlib.util.find_spec("tritonclient") is None:
         return "tritonclient is not installed (pip install -e '.[serve]')"
@@ -49,6 +49,12 @@ def _missing_serving_reason() -> str | None:
     except RuntimeError as error:
         return f"no tritonserver: {error}"
     return None
+
+
+# For tests that start their own small server: skipped, with the reason, where none can run.
+needs_server = pytest.mark.skipif(
+    missing_serving_reason() is not None, reason=f"cannot serve here: {missing_serving_reason()}"
+)
 
 
 def _process_tree_cpu_seconds(pid: int) -> float:
@@ -128,7 +134,7 @@ def triton_repository(onnx_graphs: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def triton_server(request: pytest.FixtureRequest) -> Iterator[object]:
     """ONE tritonserver for the whole session, on free ports; stopped when the session ends."""
-    reason = _missing_serving_reason()
+    reason = missing_serving_reason()
     if reason is not None:
         pytest.skip(reason)  # before the export, which takes minutes
     from escnet_export.triton_server import TritonServer

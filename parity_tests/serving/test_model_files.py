@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from triton_fixtures import needs_server
 
 from escnet.config import MODEL_CONFIGS
 from escnet_export.build_repository import model_py_text
@@ -24,7 +25,6 @@ from escnet_export.triton_server import (
     ModelRepositoryNotBuilt,
     TritonServer,
     check_model_repository,
-    locate_tritonserver,
 )
 
 VARIANT = "catseg_vitb16_384"
@@ -112,16 +112,8 @@ def test_server_start_refuses_a_corrupt_graph_before_starting(tmp_path: Path) ->
     assert not server.running and not (tmp_path / "log").exists()
 
 
-def _have_server() -> bool:
-    try:
-        locate_tritonserver()
-    except RuntimeError:
-        return False
-    return True
-
-
 @pytest.mark.triton
-@pytest.mark.skipif(not _have_server(), reason="no tritonserver (nvidia-pytriton) available")
+@needs_server
 def test_a_graph_that_does_not_load_stops_the_server_with_the_fix(tmp_path: Path) -> None:
     # Passes the quick look (starts like a ModelProto), fails in onnxruntime.
     repository = graph_repository(tmp_path / "repo", b"\x08\x07" + b"\xff" * 64)

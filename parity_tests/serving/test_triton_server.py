@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from triton_fixtures import needs_server
 
 from escnet_export.triton_server import TritonServer, free_port, locate_tritonserver
 
@@ -148,16 +149,6 @@ def write_repository(root: Path) -> Path:
             (version_dir / "model.py").write_text(textwrap.dedent(model).lstrip())
     return root
 
-
-def _have_server() -> bool:
-    try:
-        locate_tritonserver()
-    except RuntimeError:
-        return False
-    return True
-
-
-needs_server = pytest.mark.skipif(not _have_server(), reason="no tritonserver (nvidia-pytriton) available")
 
 X = np.array([0.0, 1.5, -3.0, 10.0], dtype=np.float32)
 TEXT = np.array([b"hello", "gr\u00fc\u00dfe".encode()], dtype=object)
