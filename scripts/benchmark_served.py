@@ -54,6 +54,31 @@ def request(client: http.InferenceServerClient, ensemble: str, image: np.ndarray
     return time.perf_counter() - start
 
 
+def print_targets(rows: list[dict]) -> None:
+    """The deployment's targets against what was measured (printed, never asserted)."""
+    print("targets (concurrency 1):")
+    for row in rows:
+        ort, torch_ = row.get("ort_median_without_text_s"), row.get("torch_median_without_text_s")
+        label = f"  {row['ensemble']:7s} T={row['classes']:4d}"
+        checks = []
+        if ort:
+            ratio = row["served_median_s"] / ort
+            checks.append(
+                f"served within 5% of the ORT chain: {ratio:.2f} {'met' if ratio <= 1.05 else 'MISSED'}"
+            )
+        if ort and torch_:
+            speed = torch_ / ort
+            checks.append(f"ORT >= 1.3x PyTorch: {speed:.2f}x {'met' if speed >= 1.3 else 'MISSED'}")
+        if row["classes"] >= 150:
+            share = row["python_steps_share"]
+            checks.append(f"Python steps < 5%: {share:.1%} {'met' if share < 0.05 else 'MISSED'}")
+        runs = row["text_encoder_runs_repeated_vocabulary"]
+        checks.append(
+            f"text encoder runs on a repeated vocabulary: {runs} {'met' if runs == 0 else 'MISSED'}"
+        )
+        print(label + " | " + " | ".join(checks))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ensembles", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -80,13 +105,17 @@ def main() -> None:
                 request(client, ensemble, image, names)  # warm-up; fills the text cache
                 before = compute_snapshot(client)
                 latencies = [request(client, ensemble, image, names) for _ in range(args.runs)]
-                per_step = composing_seconds(before, compute_snapshot(client), ensemble, args.runs)
+                after = compute_snapshot(client)
+                per_step = composing_seconds(before, after, ensemble, args.runs)
+                encoder = f"{ensemble}_clip_text_encoder"
+                text_runs = after[encoder]["count"] - before.get(encoder, {"count": 0})["count"]
                 row = {
                     "ensemble": ensemble,
                     "classes": classes,
                     "served_median_s": round(statistics.median(latencies), 3),
                     "served_runs_s": [round(x, 3) for x in latencies],
                     "python_steps_share": round(python_share(per_step), 4),
+                    "text_encoder_runs_repeated_vocabulary": text_runs,
                     "per_model_s": {step: round(seconds, 3) for step, seconds in per_step.items()},
                 }
                 for d in direct:
@@ -103,6 +132,7 @@ def main() -> None:
                     flush=True,
                 )
         client.close()
+    print_targets(rows)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"load_average": os.getloadavg(), "runs": args.runs, "rows": rows}, indent=2))
     print(f"wrote {OUT}")
