@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.http as http
+from benchmark_served import request as segment_seconds  # this folder: scripts/
 from PIL import Image
 from skimage import data
 
@@ -49,16 +49,6 @@ def names_input(names: list[str]) -> http.InferInput:
 
 def fill_text_cache(client: http.InferenceServerClient, ensemble: str, names: list[str]) -> None:
     client.infer(f"{ensemble}_text_embedder", [names_input(names)])
-
-
-def segment_seconds(
-    client: http.InferenceServerClient, ensemble: str, image: np.ndarray, names: list[str]
-) -> float:
-    image_input = http.InferInput("IMAGE", list(image.shape), "UINT8")
-    image_input.set_data_from_numpy(image)
-    start = time.perf_counter()
-    client.infer(ensemble, [image_input, names_input(names)], outputs=[http.InferRequestedOutput("LABELS")])
-    return time.perf_counter() - start
 
 
 def plot(rows: list[dict], path: Path) -> None:

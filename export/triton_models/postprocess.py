@@ -14,9 +14,9 @@ from escnet_export.triton_models.base import StepModel
 
 class TritonPythonModel(StepModel):
     def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # T x H x W full-size scores: refused beyond the budget before they are allocated. (Checked
-        # here, where T and H, W meet; feeding CLASS_NAMES to preprocess to check it at the edge
-        # made an escnet request over gRPC hang after an empty-image refusal: not yet understood.)
+        # T x H x W full-size scores: refused beyond the budget before they are allocated. Checked
+        # here, where T and H, W meet, rather than by feeding CLASS_NAMES to preprocess: a refusal
+        # there came back fast enough to hit tritonserver 2.51's gRPC/ensemble deadlock (base.py).
         height, width = int(inputs["VIEW_PLAN"][0]), int(inputs["VIEW_PLAN"][1])
         check_score_budget(height, width, inputs["LOGITS"].shape[1], self.limits)
         outputs = steps.postprocess(inputs["LOGITS"], inputs["VIEW_PLAN"])
