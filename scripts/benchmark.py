@@ -31,6 +31,8 @@ import time
 import warnings
 from pathlib import Path
 
+from escnet_export.triton_server import with_malloc_hugepages
+
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"
 DEFAULT_ONNX = ROOT / "artifacts" / "onnx"
@@ -226,7 +228,8 @@ def measure(args: argparse.Namespace, backend: str, variant: str, classes: int, 
         "--max-rss-gib",
         str(args.max_rss_gib),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    # The same allocator setting as the server's steps, so the side-by-side compares like with like.
+    env = with_malloc_hugepages({**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode == 0 and lines:

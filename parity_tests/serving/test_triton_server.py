@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 from triton_fixtures import needs_server
 
-from escnet_export.triton_server import TritonServer, free_port, locate_tritonserver
+from escnet_export.triton_server import (
+    MALLOC_HUGEPAGES_TUNABLE,
+    TritonServer,
+    free_port,
+    locate_tritonserver,
+    with_malloc_hugepages,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_SH = ROOT / "scripts" / "serve.sh"
@@ -77,12 +83,13 @@ max_batch_size: 0
 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
 output [
   { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "PYTHON_ENV" data_type: TYPE_STRING dims: [ 2 ] }
+  { name: "PYTHON_ENV" data_type: TYPE_STRING dims: [ 3 ] }
 ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
 
 DOUBLE_MODEL = """
+import os
 import platform
 import sys
 
@@ -92,7 +99,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        env = np.array([sys.prefix.encode(), platform.python_version().encode()], dtype=object)
+        env = [sys.prefix, platform.python_version(), os.environ.get("GLIBC_TUNABLES", "")]
+        env = np.array([value.encode() for value in env], dtype=object)
         responses = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
@@ -222,9 +230,20 @@ def test_python_models_run_in_this_environment(server: TritonServer) -> None:
     if not locate_tritonserver().from_wheel:
         pytest.skip("a tritonserver on PATH runs its own Python")
     out = _http_infer(server.http_url, "double", X, None, ["PYTHON_ENV"])
-    prefix, version = (v.decode() for v in out["PYTHON_ENV"])
+    prefix, version, tunables = (v.decode() for v in out["PYTHON_ENV"])
     assert prefix == sys.prefix
     assert version == platform.python_version(), "the stub embeds another libpython than this interpreter's"
+    if os.environ.get("ESCNET_MALLOC_HUGEPAGES") != "0":
+        assert MALLOC_HUGEPAGES_TUNABLE in tunables.split(":"), "no allocator setting in the steps"
+
+
+def test_malloc_hugepages_tunable_is_added_kept_or_left_out() -> None:
+    assert with_malloc_hugepages({})["GLIBC_TUNABLES"] == MALLOC_HUGEPAGES_TUNABLE
+    added = with_malloc_hugepages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert added["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{MALLOC_HUGEPAGES_TUNABLE}"
+    own = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert with_malloc_hugepages(own) == own
+    assert "GLIBC_TUNABLES" not in with_malloc_hugepages({"ESCNET_MALLOC_HUGEPAGES": "0"})
 
 
 @pytest.mark.triton
