@@ -18,7 +18,14 @@ from pathlib import Path
 
 from escnet.config import MODEL_CONFIGS
 from escnet_export.contract import graph_names, step_specs
-from escnet_export.triton_config import RUNTIMES, model_module, model_name, repository_models
+from escnet_export.triton_config import (
+    DEFAULT_SERVING,
+    RUNTIMES,
+    GraphServing,
+    model_module,
+    model_name,
+    repository_models,
+)
 
 DEFAULT_REPOSITORY = Path("model_repository")
 DEFAULT_ONNX_DIR = Path("artifacts/onnx")
@@ -30,6 +37,7 @@ class RepositoryPlan:
     ensemble: str
     variant: str
     runtime: str
+    serving: GraphServing = DEFAULT_SERVING
 
 
 def resolve_runtime(runtime: str) -> str:
@@ -50,7 +58,7 @@ def write_configs(repository: Path, plan: RepositoryPlan) -> list[str]:
     """Write config.pbtxt and 1/model.py of every model of one ensemble; returns the model names."""
     config = MODEL_CONFIGS[plan.variant]
     specs = step_specs(config)
-    models = repository_models(plan.ensemble, config, plan.runtime)
+    models = repository_models(plan.ensemble, config, plan.runtime, plan.serving)
     for name, text in models.items():
         directory = repository / name
         (directory / "1").mkdir(parents=True, exist_ok=True)
@@ -99,10 +107,11 @@ def build_repository(
     runtime: str = "auto",
     variants: dict[str, str] | None = None,
     configs_only: bool = False,
+    serving: GraphServing = DEFAULT_SERVING,
 ) -> list[RepositoryPlan]:
     """Write configs and place graphs for each ensemble; returns what was built."""
     chosen = resolve_runtime(runtime)
-    plans = [RepositoryPlan(e, v, chosen) for e, v in (variants or DEFAULT_VARIANTS).items()]
+    plans = [RepositoryPlan(e, v, chosen, serving) for e, v in (variants or DEFAULT_VARIANTS).items()]
     repository.mkdir(parents=True, exist_ok=True)
     for plan in plans:
         write_configs(repository, plan)
@@ -122,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         "--ensembles", nargs="*", choices=list(DEFAULT_VARIANTS), default=list(DEFAULT_VARIANTS)
     )
     parser.add_argument("--configs-only", action="store_true", help="write configs, place no graphs")
+    parser.add_argument(
+        "--graph-instances", type=int, default=1, help="copies of each graph model (more requests at once)"
+    )
+    parser.add_argument(
+        "--graph-threads", type=int, help="onnxruntime threads per copy (default: one per core)"
+    )
     args = parser.parse_args(argv)
     chosen = {"escnet": args.escnet_variant, "catseg": args.catseg_variant}
     variants = {e: chosen[e] or DEFAULT_VARIANTS[e] for e in args.ensembles}
@@ -131,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         runtime=args.runtime,
         variants=variants,
         configs_only=args.configs_only,
+        serving=GraphServing(instances=args.graph_instances, threads=args.graph_threads),
     )
     for plan in plans:
-        print(f"{plan.ensemble}: {plan.variant} on {plan.runtime} -> {args.repository}")
+        print(f"{plan.ensemble}: {plan.variant} on {plan.runtime}, {plan.serving} -> {args.repository}")
     shutil.rmtree(args.repository / "__pycache__", ignore_errors=True)
 
 

@@ -13,7 +13,9 @@ from escnet_export.triton_models.base import StepModel
 
 class TritonPythonModel(StepModel):
     def setup(self, args: dict[str, Any]) -> None:
-        threads = int(os.environ.get("ESCNET_ORT_THREADS", "0")) or None
+        # ESCNET_ORT_THREADS, else the config's "threads" (build_repository --graph-threads),
+        # else onnxruntime's default (one per core).
+        threads = int(os.environ.get("ESCNET_ORT_THREADS") or self.parameters.get("threads") or 0) or None
         self.runner = OrtRunner(self.step, f"{self.model_directory}/model.onnx", threads=threads)
 
     def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from escnet.config import MODEL_CONFIGS
 from escnet_export.build_repository import DEFAULT_VARIANTS, build_repository
+from escnet_export.contract import step_specs
+from escnet_export.triton_config import GraphServing, repository_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED_IN = ROOT / "model_repository"
@@ -72,3 +75,20 @@ def test_generated_configs_name_their_models(generated: Path) -> None:
     """Each config names its own folder (Triton refuses a mismatch only at load time)."""
     for model in _models(generated):
         assert f'name: "{model}"\n' in (generated / model / "config.pbtxt").read_text()
+
+
+def test_graph_serving_sets_graph_instances_and_threads_only() -> None:
+    config = MODEL_CONFIGS[DEFAULT_VARIANTS["catseg"]]
+    models = repository_models("catseg", config, "onnxruntime", GraphServing(instances=2, threads=1))
+    specs = step_specs(config)
+    for name, text in models.items():
+        step = specs.get(name.removeprefix("catseg_"))
+        if step is None:  # the ensemble
+            assert "instance_group" not in text
+        elif step.kind == "graph":
+            assert "kind: KIND_CPU count: 2" in text, name
+            assert 'key: "threads" value: { string_value: "1" }' in text, name
+        else:
+            assert "kind: KIND_CPU count: 1" in text and '"threads"' not in text, name
+    with pytest.raises(ValueError, match="instances and threads"):
+        GraphServing(instances=0)
