@@ -208,7 +208,9 @@ class ClassAggregation(nn.Module):
         pad_len: int,
     ) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(pooling_size)
+        # 1x1 pooling (the official evaluation's) is the identity, and so is the resize back: both
+        # are left out of the graph rather than computed.
+        self.pool = None if tuple(pooling_size) == (1, 1) else nn.AvgPool2d(pooling_size)
         self.attention = LinearClassAttention(
             hidden_dim=hidden_dim, guidance_dim=guidance_dim, num_heads=num_heads
         )
@@ -224,7 +226,9 @@ class ClassAggregation(nn.Module):
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
         """x: [B, C, T, H, W]; guidance: [B, T, Cg]; class_mask: [B, T] in {0,1} -> [B, C, T, H, W]"""
         b, c, t, h, w = x.shape
-        pooled = self.pool(x.transpose(1, 2).reshape(b * t, c, h, w))  # [B*T, C, h', w']
+        pooled = x.transpose(1, 2).reshape(b * t, c, h, w)  # [B*T, C, H, W]
+        if self.pool is not None:
+            pooled = self.pool(pooled)  # [B*T, C, h', w']
         hp, wp = pooled.shape[-2], pooled.shape[-1]
         tokens = pooled.reshape(b, t, c, hp * wp).permute(0, 3, 1, 2)  # [B, h'w', T, C]
         guide = guidance.unsqueeze(1).expand(-1, hp * wp, -1, -1)  # [B, h'w', T, Cg]
@@ -250,7 +254,8 @@ class ClassAggregation(nn.Module):
         out = (
             tokens.reshape(b, hp, wp, t, c).permute(0, 3, 4, 1, 2).reshape(b * t, c, hp, wp)
         )  # [B*T, C, h', w']
-        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=True)
+        if self.pool is not None:
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=True)
         return x + out.reshape(b, t, c, h, w).transpose(1, 2)  # [B, C, T, H, W]
 
 

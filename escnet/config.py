@@ -7,7 +7,7 @@ for documentation and for the README.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class AggregatorConfig:
     hidden_dim: int = 128  # cost embedding width
     num_heads: int = 4
     window_size: int = 12  # Swin window on the 24x24 grid
-    pooling_size: tuple[int, int] = (2, 2)  # average pooling before class attention (CAT-Seg config)
+    # Average pooling before class attention is an inference choice: InferenceProtocol.pooling_size.
     text_guidance_proj_dim: int = 128
     appearance_guidance_proj_dim: int = 128
     decoder_dims: tuple[int, int] = (64, 32)
@@ -58,9 +58,10 @@ class PseudoPromptConfig:
     # probability: cells above uniform are foreground, and the most probable cell always is, so a
     # class map is never empty.
     threshold: float | None = None
-    # K-means on foreground cell coordinates. The supplementary fixes K = 5; initialised from the
-    # K most probable cells and run a fixed number of Lloyd iterations so it is deterministic and
-    # has a static cost; fewer foreground cells than K give fewer points, padded with label -1.
+    # K-means on foreground cell coordinates. K = 5 is our choice: the supplementary names K-means
+    # but gives no K (DESIGN_DECISIONS["kmeans"]). Initialised from the K most probable cells and
+    # run a fixed number of Lloyd iterations so it is deterministic and has a static cost; fewer
+    # foreground cells than K give fewer points, padded with label -1.
     num_clusters: int = 5
     kmeans_iterations: int = 10
 
@@ -82,6 +83,71 @@ class SamBlockConfig:
     mask_upsample: int = 4
 
 
+SYNONYM_RULES = ("first", "average")
+
+
+@dataclass(frozen=True)
+class InferenceProtocol:
+    """How one image and a class list become the network's inputs, and its outputs one label map.
+
+    The default, ``catseg_eval``, is CAT-Seg's official evaluation (its eval.sh over
+    cat_seg_model.py, cat_seg_predictor.py and detectron2's test mapper), reproduced exactly:
+
+    1. ResizeShortestEdge: the shorter side becomes ``shortest_edge`` (the longer side at most
+       ``max_size``, sizes rounded half up), resampled by PIL's bilinear filter on the uint8 image.
+    2. ``sliding_window``: the resized image is resized again to ``window_size`` squared (bilinear,
+       float) and cut into ``crop_size`` crops with stride ``int(crop_size * (1 - overlap))``, plus
+       the whole resized image at ``crop_size`` squared as a global view (5 views). Otherwise one
+       view: the CLIP-normalised image padded with zeros to a multiple of ``pad_divisor``, resized
+       to the CLIP input (CAT-Seg's path with TEST.SLIDING_WINDOW False).
+    3. Class attention pools ``pooling_size`` cells (eval.sh overrides the yaml's training value
+       2x2 with [1,1]).
+    4. ``synonyms``: "first" encodes only the part of a name before its first ", " (CAT-Seg's
+       get_text_embeds); "average" splits on every comma and averages the normalised embeddings
+       of the synonyms (ours).
+    5. Per-class sigmoid probabilities, merged over the views, resized back to the original image;
+       the label of a pixel is the first class of highest probability.
+    """
+
+    name: str
+    sliding_window: bool = True
+    synonyms: str = "first"
+    pooling_size: tuple[int, int] = (1, 1)
+    shortest_edge: int = 640  # detectron2's INPUT.MIN_SIZE_TEST in CAT-Seg's configs
+    max_size: int = 2560  # INPUT.MAX_SIZE_TEST
+    window_size: int = 640  # inference_sliding_window's out_res
+    crop_size: int = 384  # its kernel, in pixels of the window (for either CLIP resolution)
+    overlap: float = 0.333
+    pad_divisor: int = 32  # MODEL.MASK_FORMER.SIZE_DIVISIBILITY, single-view path only
+
+    def __post_init__(self) -> None:
+        if self.synonyms not in SYNONYM_RULES:
+            raise ValueError(f"synonyms must be one of {SYNONYM_RULES}, got {self.synonyms!r}")
+
+    @property
+    def stride(self) -> int:
+        return int(self.crop_size * (1 - self.overlap))
+
+
+# The protocols a repository can be built with (build_repository --protocol, --synonyms).
+PROTOCOLS: dict[str, InferenceProtocol] = {
+    # CAT-Seg's official evaluation: what its reported mIoU was measured with. The default.
+    "catseg_eval": InferenceProtocol(name="catseg_eval"),
+    # CAT-Seg's own non-sliding test path (TEST.SLIDING_WINDOW False): one view instead of five,
+    # about 4x less work per image, at some accuracy on small objects. Same graphs (pooling 1x1).
+    "single_view": InferenceProtocol(name="single_view", sliding_window=False),
+}
+DEFAULT_PROTOCOL = PROTOCOLS["catseg_eval"]
+
+
+def resolve_protocol(name: str, synonyms: str | None = None) -> InferenceProtocol:
+    """A named protocol, with its synonym rule replaced when ``synonyms`` is given."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown inference protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+    protocol = PROTOCOLS[name]
+    return protocol if synonyms is None else replace(protocol, synonyms=synonyms)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One variant of the model."""
@@ -92,12 +158,14 @@ class ModelConfig:
     use_sam_blocks: bool  # ESC-Net: True; CAT-Seg: False
     pseudo_prompts: PseudoPromptConfig = field(default_factory=PseudoPromptConfig)
     sam: SamBlockConfig = field(default_factory=SamBlockConfig)
-    # CAT-Seg's single template; the 80 ImageNet templates are the option ("imagenet").
-    prompt_templates: str = "single"
-    # Sliding-window inference (CAT-Seg): the image is resized to this square, cut into
-    # image_size crops with stride = int(image_size * (1 - overlap)), plus one global view.
-    sliding_window_size: int = 640
-    sliding_window_overlap: float = 0.333
+    # Every variant, ESC-Net's included, runs CAT-Seg's official evaluation by default: ESC-Net is
+    # CAT-Seg's network with SAM blocks inserted and reports its results on CAT-Seg's benchmarks,
+    # so it inherits the pre-processing, sliding window and pooling that produced CAT-Seg's.
+    protocol: InferenceProtocol = DEFAULT_PROTOCOL
+
+    def with_protocol(self, protocol: InferenceProtocol) -> ModelConfig:
+        """This variant under another protocol; its graphs are shared when the pooling is the same."""
+        return replace(self, protocol=protocol)
 
 
 CLIP_VITB16 = ClipConfig(
@@ -147,18 +215,33 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 
 DESIGN_DECISIONS: dict[str, str] = {
     "ppg_threshold": "1/576 (above uniform, argmax always kept): a class map is never empty.",
-    "kmeans": "K=5, initialised from the 5 most probable cells, 10 fixed Lloyd iterations, "
-    "deterministic; fewer foreground cells than K -> fewer points, padded with label -1.",
+    "kmeans": "K=5 is our choice (the supplementary names K-means but gives no K), initialised from "
+    "the 5 most probable cells, 10 fixed Lloyd iterations, deterministic; fewer foreground cells "
+    "than K -> fewer points, padded with label -1.",
     "linear_sampling": "w_ij = max(0, 1 - distance) over the 3x3 neighbourhood; the paper's final "
-    "point reduces to the argmax cell, so the w*C-weighted centroid is the sub-cell point.",
+    "point reduces to the argmax cell, so the sub-cell point is the centroid weighted by w*p, p the "
+    "softmax probability of the cell: p >= 0 keeps the centroid inside the neighbourhood, where the "
+    "raw correlation C (of either sign) could cancel its own weights.",
     "point_frame": "cell (i, j) -> pixel (16 j + 8, 16 i + 8) of the 384 frame after SAM's +0.5.",
     "prompt_grouping": "one prompt set per class: up to 5 points plus the union mask.",
     "clip_to_sam_projection": "linear 512->256, learned.",
+    "esc_blocks": "4 ESC blocks, each ending in one VLF layer: our choice, as the sources at hand "
+    "(the supplementary) do not give the count; CAT-Seg itself has 2 aggregator layers.",
+    "sam_variant": "SAM ViT-B's prompt encoder and mask decoder (256-d, two-way depth 2): the "
+    "decoder is the same for every SAM size, and ViT-B's checkpoint is the smallest.",
     "sam_weights_across_blocks": "4 copies, each initialised from the same SAM decoder.",
+    "sam_features_across_blocks": "not carried over: each block's SAM features come from the CLIP "
+    "features and that block's own prompts; only the 128-d embedding flows on.",
     "state_between_blocks": "the 128-d embedding flows through blocks; S_{k+1} = learned 128->1 conv.",
     "vlf_spatial_guidance": "class-wise SAM features (B,128,T,24,24) replace image-wide guidance.",
-    "text_templates": "CAT-Seg's single template (P=1); ImageNet's 80 as an option.",
-    "large_images": "CAT-Seg's sliding window: 640x640 -> 384 crops (stride 256) + global view.",
+    "text_templates": "CAT-Seg's single template (P=1). The paper ensembles ImageNet's 80, but the "
+    "official code and checkpoints use one: their conv1 takes P=1 channel, so 80 cannot load them.",
+    "inference_protocol": "CAT-Seg's official evaluation (catseg_eval) for every variant: shorter "
+    "side to 640 (PIL bilinear, longer at most 2560), always the sliding window (four 384 crops of "
+    "the 640x640 resize, stride 256, plus a global view), class-attention pooling 1x1, only the "
+    "first ', '-separated synonym encoded. ESC-Net inherits it: it is CAT-Seg's network with SAM "
+    "blocks and is evaluated on CAT-Seg's benchmarks. Alternatives, chosen per repository build: "
+    "single_view (CAT-Seg's non-sliding path, 1 view) and synonyms='average'.",
     "sam_output_tokens": "kept ahead of the prompt tokens, as SAM's decoder was trained.",
     "pseudo_mask_input": "binary union mask, nearest 4x upsampled to 96x96, values {0,1}.",
 }

@@ -81,7 +81,7 @@ class CostAggregator(nn.Module):
                     num_heads=agg.num_heads,
                     resolution=(grid, grid),
                     window=agg.window_size,
-                    pooling_size=agg.pooling_size,
+                    pooling_size=config.protocol.pooling_size,
                     pad_len=agg.pad_len,
                 )
                 for _ in range(agg.num_layers)

@@ -96,10 +96,14 @@ class OpenVocabSegmenter(nn.Module):
         return self.tokenizer(texts)
 
     def embed_class_names(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Class names (commas = synonyms) -> [T, P, C] normalised class embeddings."""
+        """Class names -> [T, P, C] normalised class embeddings, by the protocol's synonym rule."""
         device = self.pixel_mean.device
         return class_text_embeddings(
-            class_names, lambda texts: self.tokenize(texts).to(device), self.encode_text, self.templates
+            class_names,
+            lambda texts: self.tokenize(texts).to(device),
+            self.encode_text,
+            self.templates,
+            self.config.protocol.synonyms,
         )
 
     def forward(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -147,8 +151,8 @@ class OpenVocabSegmenter(nn.Module):
     def segment(self, image: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> Segmentation:
         """One RGB image [H, W, 3] uint8 and T class names -> labels [H, W] and probabilities [T, H, W].
 
-        Images whose shorter side reaches ``config.sliding_window_size`` go through CAT-Seg's
-        sliding window; smaller ones are resized to one S x S view.
+        Follows ``config.protocol`` (by default CAT-Seg's official evaluation: shorter side to 640,
+        sliding window, first synonym); see escnet/image_views.py.
         """
         from escnet.image_views import segment_probabilities
 

@@ -1,8 +1,12 @@
-"""Class names -> prompt texts -> class text embeddings.
+"""Class names -> prompt texts -> class text embeddings [T, P, C].
 
-A class name with commas ("sofa, couch") is several synonyms: each synonym is put into every
-template, encoded, L2-normalised; the synonyms of one template are averaged and normalised again
-(CAT-Seg's rule). The result for T classes and P templates is [T, P, C].
+A class name with commas ("sofa, couch") may list synonyms. What is encoded of it is the
+protocol's synonym rule (``InferenceProtocol.synonyms``):
+
+- ``"first"`` (CAT-Seg's official forward, get_text_embeds): only the part before the first ", "
+  (comma and blank) is encoded; a name without ", " is encoded whole, commas included.
+- ``"average"`` (ours): the name is split on every comma, each synonym put into every template,
+  encoded and L2-normalised; the synonyms of one template are averaged and normalised again.
 """
 
 from __future__ import annotations
@@ -13,33 +17,23 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SINGLE_TEMPLATE: tuple[str, ...] = ("A photo of a {} in the scene",)
-MAX_CLASS_NAME_CHARS = 200  # CLIP reads 77 tokens; a longer name is refused, not silently cut
+from escnet.class_names import (
+    MAX_CLASS_NAME_CHARS,
+    SINGLE_TEMPLATE,
+    split_synonyms,
+    validate_class_names,
+)
 
-
-def split_synonyms(class_name: str) -> list[str]:
-    """ "sofa, couch" -> ["sofa", "couch"]; blanks around names are dropped."""
-    synonyms = [part.strip() for part in class_name.split(",")]
-    synonyms = [part for part in synonyms if part]
-    if not synonyms:
-        raise ValueError(f"class name {class_name!r} is empty")
-    return synonyms
-
-
-def validate_class_names(class_names: Sequence[str]) -> list[str]:
-    """Check a request's class list: non-empty, each a non-blank string of bounded length."""
-    if isinstance(class_names, str):
-        raise ValueError("class names must be a list of strings, got one string")
-    names = list(class_names)
-    if not names:
-        raise ValueError("the class list is empty: give at least one class name")
-    for name in names:
-        if not isinstance(name, str):
-            raise ValueError(f"class name {name!r} is not a string")
-        if len(name) > MAX_CLASS_NAME_CHARS:
-            raise ValueError(f"class name {name[:40]!r}... is longer than {MAX_CLASS_NAME_CHARS} characters")
-        split_synonyms(name)
-    return names
+__all__ = [
+    "MAX_CLASS_NAME_CHARS",
+    "SINGLE_TEMPLATE",
+    "PromptBatch",
+    "build_prompts",
+    "class_text_embeddings",
+    "fold_prompt_embeddings",
+    "split_synonyms",
+    "validate_class_names",
+]
 
 
 @dataclass(frozen=True)
@@ -57,14 +51,16 @@ class PromptBatch:
     num_templates: int
 
 
-def build_prompts(class_names: Sequence[str], templates: Sequence[str] = SINGLE_TEMPLATE) -> PromptBatch:
-    names = validate_class_names(class_names)
+def build_prompts(
+    class_names: Sequence[str], templates: Sequence[str] = SINGLE_TEMPLATE, rule: str = "first"
+) -> PromptBatch:
+    names = validate_class_names(class_names, rule)
     texts: list[str] = []
     class_index: list[int] = []
     template_index: list[int] = []
     for c, name in enumerate(names):
         for p, template in enumerate(templates):
-            for synonym in split_synonyms(name):
+            for synonym in split_synonyms(name, rule):
                 texts.append(template.format(synonym))
                 class_index.append(c)
                 template_index.append(p)
@@ -80,10 +76,14 @@ def build_prompts(class_names: Sequence[str], templates: Sequence[str] = SINGLE_
 def fold_prompt_embeddings(prompts: PromptBatch, embeddings: torch.Tensor) -> torch.Tensor:
     """Average the normalised embeddings of synonyms per (class, template) and renormalise.
 
-    embeddings: [N, C] L2-normalised, one per prompt text -> [T, P, C] L2-normalised
+    embeddings: [N, C] L2-normalised, one per prompt text -> [T, P, C] L2-normalised. With one text
+    per (class, template) (the "first" rule) the embeddings are returned as they are: CAT-Seg
+    normalises once, and a second normalisation would move the last bit.
     """
-    slot = prompts.class_index * prompts.num_templates + prompts.template_index  # [N]
     slots = prompts.num_classes * prompts.num_templates
+    if embeddings.shape[0] == slots:  # one text per slot, in slot order (build_prompts' order)
+        return embeddings.reshape(prompts.num_classes, prompts.num_templates, -1)
+    slot = prompts.class_index * prompts.num_templates + prompts.template_index  # [N]
     summed = torch.zeros(slots, embeddings.shape[-1], dtype=embeddings.dtype, device=embeddings.device)
     summed.index_add_(0, slot.to(embeddings.device), embeddings)
     folded = F.normalize(summed, dim=-1)  # the mean's direction equals the sum's
@@ -95,8 +95,9 @@ def class_text_embeddings(
     tokenize: Callable[[list[str]], torch.Tensor],
     encode_tokens: Callable[[torch.Tensor], torch.Tensor],
     templates: Sequence[str] = SINGLE_TEMPLATE,
+    rule: str = "first",
 ) -> torch.Tensor:
     """Class names -> [T, P, C] embeddings, given a tokenizer and a normalised text encoder."""
-    prompts = build_prompts(class_names, templates)
+    prompts = build_prompts(class_names, templates, rule)
     embeddings = encode_tokens(tokenize(prompts.texts))  # [N, C]
     return fold_prompt_embeddings(prompts, embeddings)

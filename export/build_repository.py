@@ -16,7 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from escnet.config import MODEL_CONFIGS
+from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
+from escnet.config import resolve_protocol as named_protocol
 from escnet_export.contract import graph_names, step_specs
 from escnet_export.triton_config import (
     DEFAULT_SERVING,
@@ -38,6 +39,15 @@ class RepositoryPlan:
     variant: str
     runtime: str
     serving: GraphServing = DEFAULT_SERVING
+    protocol: InferenceProtocol = DEFAULT_PROTOCOL
+
+    def __post_init__(self) -> None:
+        exported = MODEL_CONFIGS[self.variant].protocol  # the graphs are exported under the default
+        if self.protocol.pooling_size != exported.pooling_size:
+            raise ValueError(
+                f"protocol {self.protocol.name} pools {self.protocol.pooling_size}, but the graphs of "
+                f"{self.variant} are exported with pooling {exported.pooling_size}"
+            )
 
 
 def resolve_runtime(runtime: str) -> str:
@@ -56,7 +66,7 @@ def model_py_text(module: str) -> str:
 
 def write_configs(repository: Path, plan: RepositoryPlan) -> list[str]:
     """Write config.pbtxt and 1/model.py of every model of one ensemble; returns the model names."""
-    config = MODEL_CONFIGS[plan.variant]
+    config = MODEL_CONFIGS[plan.variant].with_protocol(plan.protocol)
     specs = step_specs(config)
     models = repository_models(plan.ensemble, config, plan.runtime, plan.serving)
     for name, text in models.items():
@@ -108,10 +118,13 @@ def build_repository(
     variants: dict[str, str] | None = None,
     configs_only: bool = False,
     serving: GraphServing = DEFAULT_SERVING,
+    protocol: InferenceProtocol = DEFAULT_PROTOCOL,
 ) -> list[RepositoryPlan]:
     """Write configs and place graphs for each ensemble; returns what was built."""
     chosen = resolve_runtime(runtime)
-    plans = [RepositoryPlan(e, v, chosen, serving) for e, v in (variants or DEFAULT_VARIANTS).items()]
+    plans = [
+        RepositoryPlan(e, v, chosen, serving, protocol) for e, v in (variants or DEFAULT_VARIANTS).items()
+    ]
     repository.mkdir(parents=True, exist_ok=True)
     for plan in plans:
         write_configs(repository, plan)
@@ -137,6 +150,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--graph-threads", type=int, help="onnxruntime threads per copy (default: one per core)"
     )
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=DEFAULT_PROTOCOL.name,
+        help="inference protocol: catseg_eval (CAT-Seg's official evaluation, 5 views) or "
+        "single_view (CAT-Seg's non-sliding path, 1 view); see escnet/config.py",
+    )
+    parser.add_argument(
+        "--synonyms",
+        choices=SYNONYM_RULES,
+        help="what of a name with ', ' is encoded: first (CAT-Seg's, the default) or average",
+    )
     args = parser.parse_args(argv)
     chosen = {"escnet": args.escnet_variant, "catseg": args.catseg_variant}
     variants = {e: chosen[e] or DEFAULT_VARIANTS[e] for e in args.ensembles}
@@ -147,9 +172,13 @@ def main(argv: list[str] | None = None) -> None:
         variants=variants,
         configs_only=args.configs_only,
         serving=GraphServing(instances=args.graph_instances, threads=args.graph_threads),
+        protocol=named_protocol(args.protocol, args.synonyms),
     )
     for plan in plans:
-        print(f"{plan.ensemble}: {plan.variant} on {plan.runtime}, {plan.serving} -> {args.repository}")
+        print(
+            f"{plan.ensemble}: {plan.variant} on {plan.runtime}, {plan.serving}, protocol "
+            f"{plan.protocol.name} (synonyms: {plan.protocol.synonyms}) -> {args.repository}"
+        )
     shutil.rmtree(args.repository / "__pycache__", ignore_errors=True)
 
 

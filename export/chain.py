@@ -46,6 +46,7 @@ class GraphChain:
             self.tokenizer,
             lambda tokens: encoder.infer({"TOKENS": tokens})["TEXT_FEATURES"],
             self.templates,
+            self.config.protocol.synonyms,
         )
 
     def logits(self, images: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from escnet.config import ModelConfig
+from escnet.view_plan import VIEW_PLAN_LENGTH
 
 Dim = int | str  # an int is fixed; a str names a dynamic axis
 
@@ -98,7 +99,6 @@ class RequestLimits:
 
 REQUEST_LIMITS = RequestLimits()
 MAX_CLASSES = REQUEST_LIMITS.max_classes
-VIEW_PLAN_LENGTH = 5  # height, width, sliding (0/1), window size, stride
 
 # Public tensors of the ensembles.
 IMAGE = TensorSpec("IMAGE", "UINT8", ("H", "W", 3))

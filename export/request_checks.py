@@ -7,7 +7,8 @@ wrong IMAGE dtype, rank or channel count before any of this runs (the configs de
 [-1, -1, 3]); the image checks repeat it for direct callers.
 
 Messages quote at most :data:`QUOTED_CHARS` characters of a name: a log line never carries a whole
-input. Only numpy here: the checks are unit-tested without a server.
+input. Only numpy here (and the synonym rule of escnet.text_prompts): the checks are unit-tested
+without a server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from escnet.class_names import split_synonyms
 from escnet_export.contract import RequestLimits
 
 QUOTED_CHARS = 40  # of a class name, in a message
@@ -60,18 +62,30 @@ def check_score_budget(height: int, width: int, num_classes: int, limits: Reques
         )
 
 
-def synonym_key(name: str) -> tuple[str, ...]:
-    """What CLIP's tokenizer sees of a name: its synonyms, lower-cased, blanks collapsed."""
-    parts = (" ".join(part.lower().split()) for part in name.split(","))
-    return tuple(part for part in parts if part)
+def synonym_key(name: str, rule: str = "first") -> tuple[str, ...]:
+    """The identity of a class name for the duplicate check, lower-cased, blanks collapsed.
+
+    "average": its synonyms (split on every comma), which are what CLIP encodes of it.
+    "first": the whole name. CLIP encodes only the part before ", ", so "bag" and "bag, handbag"
+    get the same scores; CAT-Seg's evaluation runs such lists (ADE-847 has 9 such pairs) and the
+    first of them wins every tie, so they are allowed; only the same name twice is refused.
+    Empty when nothing of the name would be encoded.
+    """
+    try:
+        split_synonyms(name, rule)
+    except ValueError:
+        return ()
+    parts = name.split(",") if rule == "average" else [name]
+    normalised = (" ".join(part.lower().split()) for part in parts)
+    return tuple(part for part in normalised if part)
 
 
-def decode_class_names(raw: np.ndarray, limits: RequestLimits) -> list[str]:
+def decode_class_names(raw: np.ndarray, limits: RequestLimits, rule: str = "first") -> list[str]:
     """CLASS_NAMES BYTES [T] -> str names, or a RequestError naming the problem.
 
     Refused: not 1-D; no class; more than max_classes; a name over max_name_bytes (UTF-8), not
-    UTF-8, blank or made only of commas; two names CLIP cannot tell apart (the same synonyms up to
-    case and blanks: identical scores, an ambiguous label).
+    UTF-8, blank or with nothing to encode under the synonym rule (", cat" under "first", commas
+    only); the same class twice (see :func:`synonym_key`: identical scores, an ambiguous label).
     """
     if raw.ndim != 1:
         raise RequestError(f"CLASS_NAMES must be a 1-D list of strings, got shape {list(raw.shape)}")
@@ -95,9 +109,12 @@ def decode_class_names(raw: np.ndarray, limits: RequestLimits) -> list[str]:
             raise RequestError(
                 f"class name {index} is not valid UTF-8 (byte {error.start}: {error.reason})"
             ) from None
-        key = synonym_key(name)
+        key = synonym_key(name, rule)
         if not key:
-            raise RequestError(f"class name {index} ({quoted(name)}) is empty or blank")
+            raise RequestError(
+                f"class name {index} ({quoted(name)}) is empty or blank, or has nothing before its "
+                "first ', ' (the part CLIP encodes)"
+            )
         if key in seen:
             raise RequestError(
                 f"class names {seen[key]} and {index} ({quoted(name)}) are the same class: duplicates "
@@ -113,6 +130,7 @@ def check_prompt_tokens(
     templates: Sequence[str],
     count_tokens: Callable[[str], int],
     token_length: int,
+    rule: str = "first",
 ) -> None:
     """Every prompt text (template x synonym) fits CLIP's context, else RequestError.
 
@@ -120,9 +138,7 @@ def check_prompt_tokens(
     a longer prompt silently; we refuse it instead.
     """
     for index, name in enumerate(names):
-        for synonym in (part.strip() for part in name.split(",")):
-            if not synonym:
-                continue
+        for synonym in split_synonyms(name, rule):
             for template in templates:
                 tokens = count_tokens(template.format(synonym))
                 if tokens > token_length:

@@ -59,13 +59,27 @@ def _file_digest(path: Path | None) -> str:
     return digest.hexdigest()
 
 
+# The code a graph is made of: the model package, less the modules that only run between graphs
+# (views, class names, prompts, pseudo points), and the export's own modules that shape graphs.
+BETWEEN_GRAPH_MODULES = (
+    "image_views.py",
+    "view_plan.py",
+    "class_names.py",
+    "text_prompts.py",
+    "pseudo_prompts.py",
+)
+GRAPH_EXPORT_MODULES = ("contract.py", "graphs.py", "run_export.py")
+
+
 def _source_digest() -> str:
     digest = hashlib.sha256()
-    roots = [Path(escnet.__file__).parent, Path(__file__).parent]
-    for root in roots:
-        for path in sorted(root.glob("*.py")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    model_sources = [
+        p for p in sorted(Path(escnet.__file__).parent.glob("*.py")) if p.name not in BETWEEN_GRAPH_MODULES
+    ]
+    export_sources = [Path(__file__).parent / name for name in GRAPH_EXPORT_MODULES]
+    for path in [*model_sources, *export_sources]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

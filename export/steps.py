@@ -13,31 +13,23 @@ import numpy as np
 import torch
 
 from escnet.config import ModelConfig
-from escnet.image_views import ViewPlan, make_views, merge_views, plan_views
+from escnet.image_views import ViewPlan, make_views, merge_views, plan_views, resize_shortest_edge
 from escnet.pseudo_prompts import generate_pseudo_prompts
 from escnet.segmenter import validate_image
 from escnet.text_prompts import build_prompts, fold_prompt_embeddings, validate_class_names
 
 
 def preprocess(image: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
-    """IMAGE [H, W, 3] uint8 -> IMAGES [V, 3, S, S] float32, VIEW_PLAN [5] int32."""
-    pixels = validate_image(image)
-    plan = plan_views(pixels.shape[0], pixels.shape[1], config)
-    views = make_views(pixels, plan, config)
-    encoded = np.array(
-        [plan.height, plan.width, int(plan.sliding), plan.window_size, plan.stride], dtype=np.int32
-    )
-    return {"IMAGES": views.numpy(), "VIEW_PLAN": encoded}
-
-
-def decode_view_plan(encoded: np.ndarray) -> ViewPlan:
-    height, width, sliding, window, stride = (int(v) for v in encoded)
-    return ViewPlan(height=height, width=width, sliding=bool(sliding), window_size=window, stride=stride)
+    """IMAGE [H, W, 3] uint8 -> IMAGES [V, 3, S, S] float32, VIEW_PLAN [9] int32 (config.protocol)."""
+    pixels = validate_image(image).numpy()
+    plan = plan_views(pixels.shape[0], pixels.shape[1], config.protocol)
+    views = make_views(torch.from_numpy(resize_shortest_edge(pixels, config.protocol)), plan, config)
+    return {"IMAGES": views.numpy(), "VIEW_PLAN": plan.encode()}
 
 
 def postprocess(logits: np.ndarray, view_plan: np.ndarray) -> dict[str, np.ndarray]:
-    """LOGITS [V, T, h, w], VIEW_PLAN [5] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
-    probabilities = merge_views(torch.from_numpy(logits), decode_view_plan(view_plan))
+    """LOGITS [V, T, h, w], VIEW_PLAN [9] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
+    probabilities = merge_views(torch.from_numpy(logits), ViewPlan.decode(view_plan))
     return {"LABELS": class_labels(probabilities).numpy(), "SCORES": probabilities.numpy()}
 
 
@@ -78,10 +70,11 @@ def text_embeddings(
     tokenize: Callable[[list[str]], torch.Tensor],
     encode: Callable[[np.ndarray], np.ndarray],
     templates: Sequence[str],
+    rule: str,
 ) -> np.ndarray:
     """CLASS_NAMES -> TEXT_EMBEDDINGS [T, P, C]: prompts, TOKENS [N, 77] int32 through the text
-    encoder (``encode``: TOKENS -> TEXT_FEATURES [N, C]), synonyms folded."""
-    prompts = build_prompts(validate_class_names(class_names), templates)
+    encoder (``encode``: TOKENS -> TEXT_FEATURES [N, C]), synonyms by ``rule`` (first / average)."""
+    prompts = build_prompts(validate_class_names(class_names, rule), templates, rule)
     tokens = tokenize(prompts.texts).to(torch.int32).numpy()
     features = torch.from_numpy(encode(tokens))
     return fold_prompt_embeddings(prompts, features).numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from escnet.config import ModelConfig
+from escnet.config import InferenceProtocol, ModelConfig
 from escnet_export.contract import (
     CLASS_NAMES,
     IMAGE,
@@ -69,6 +69,11 @@ def _parameters(values: dict[str, str]) -> str:
     )
 
 
+def protocol_parameters(protocol: InferenceProtocol) -> dict[str, str]:
+    """The inference protocol as config parameters: every Python step and the ensemble carry it."""
+    return {"protocol": protocol.name, "synonyms": protocol.synonyms}
+
+
 def model_name(ensemble: str, step: str) -> str:
     return f"{ensemble}_{step}"
 
@@ -109,7 +114,7 @@ def step_config(
     else:
         head += 'backend: "python"\nmax_batch_size: 0\n'
         instances = f"instance_group [ {{ kind: KIND_CPU count: {count} }} ]\n"
-        params = {"variant": config.name, "step": step.name}
+        params = {"variant": config.name, "step": step.name, **protocol_parameters(config.protocol)}
         if step.kind == "graph" and serving.threads is not None:
             params["threads"] = str(serving.threads)
         if step.name == "text_embedder":
@@ -165,6 +170,7 @@ def ensemble_config(ensemble: str, config: ModelConfig) -> str:
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(steps)
         + "\n  ]\n}\n"
+        + _parameters(protocol_parameters(config.protocol))
     )
 
 

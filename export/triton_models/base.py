@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from escnet.config import MODEL_CONFIGS, ModelConfig
+from escnet.config import MODEL_CONFIGS, ModelConfig, resolve_protocol
 from escnet_export.contract import RequestLimits, StepSpec, step_specs
 from escnet_export.request_checks import RequestError
 
@@ -45,7 +45,9 @@ class StepModel:
         model_config = json.loads(args["model_config"])
         self.model_name = model_config["name"]
         self.parameters = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-        self.config = MODEL_CONFIGS[self.parameters["variant"]]
+        # The inference protocol the repository was built with (build_repository --protocol).
+        protocol = resolve_protocol(self.parameters["protocol"], self.parameters["synonyms"])
+        self.config = MODEL_CONFIGS[self.parameters["variant"]].with_protocol(protocol)
         self.step = step_specs(self.config)[self.parameters["step"]]
         self.limits = RequestLimits.from_parameters(self.parameters)
         self.model_directory = f"{args['model_repository']}/{args['model_version']}"

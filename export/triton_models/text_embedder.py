@@ -45,12 +45,13 @@ class TritonPythonModel(StepModel):
         return pb_utils.get_output_tensor_by_name(response, "TEXT_FEATURES").as_numpy()
 
     def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = decode_class_names(inputs["CLASS_NAMES"], self.limits)
+        rule = self.config.protocol.synonyms
+        names = decode_class_names(inputs["CLASS_NAMES"], self.limits, rule)
         missing = list(dict.fromkeys(name for name in names if name not in self.cache))
         if missing:  # a cached name passed this check before
-            check_prompt_tokens(missing, self.templates, self.count_tokens, TOKEN_LENGTH)
+            check_prompt_tokens(missing, self.templates, self.count_tokens, TOKEN_LENGTH, rule)
             embedded = steps.text_embeddings(
-                missing, self.tokenizer, self.encode, self.templates
+                missing, self.tokenizer, self.encode, self.templates, rule
             )  # [M, P, C]
             for name, embedding in zip(missing, embedded, strict=True):
                 self.cache[name] = embedding

@@ -70,13 +70,28 @@ def test_score_budget() -> None:
         (names("x" * 201), "is 201 bytes long, more than the limit of 200 bytes"),
         (names("\u00e9" * 101), "is 202 bytes long"),  # 101 characters, 202 UTF-8 bytes
         (names("cat", "dog", "Cat "), "class names 0 and 2 .* are the same class"),
-        (names("sofa, couch", "sofa,couch"), "class names 0 and 1"),
+        (names("sofa, couch", "Sofa,  Couch"), "class names 0 and 1"),
+        (names(", cat"), "nothing before its first ', '"),
         (np.array([[b"cat"]], dtype=np.object_), "1-D list"),
     ],
 )
 def test_bad_class_lists_are_refused(raw: np.ndarray, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         decode_class_names(raw, LIMITS)
+
+
+def test_average_rule_refuses_the_same_synonyms_written_twice() -> None:
+    with pytest.raises(RequestError, match="class names 0 and 1"):
+        decode_class_names(names("sofa, couch", "sofa,couch"), LIMITS, "average")
+    with pytest.raises(RequestError, match="is empty or blank"):
+        decode_class_names(names(" , ,"), LIMITS, "average")
+
+
+def test_first_rule_allows_names_that_share_their_first_synonym() -> None:
+    # ADE-847 lists "bag" and "bag, handbag, pocketbook, purse": CAT-Seg's evaluation encodes both
+    # as "bag", and the first wins every tie. Such lists must pass; "sofa,couch" is its own name.
+    listed = ["bag", "bag, handbag, pocketbook, purse", "sofa, couch", "sofa,couch"]
+    assert decode_class_names(names(*listed), RequestLimits(), "first") == listed
 
 
 def test_messages_quote_at_most_a_piece_of_a_name() -> None:
@@ -97,3 +112,8 @@ def test_prompts_over_clip_context_are_refused() -> None:
     check_prompt_tokens(["a cat"], ["A photo of a {}"], count, TOKEN_LENGTH)
     with pytest.raises(RequestError, match="makes a prompt of 82 tokens; CLIP reads at most 77"):
         check_prompt_tokens(["ok", "w " * 76], ["A photo of a {}"], count, TOKEN_LENGTH)
+    # Only what the rule encodes is counted: a long second synonym is no prompt under "first".
+    long_second = "cat, " + "w " * 76
+    check_prompt_tokens([long_second], ["A photo of a {}"], count, TOKEN_LENGTH, "first")
+    with pytest.raises(RequestError, match="makes a prompt of"):
+        check_prompt_tokens([long_second], ["A photo of a {}"], count, TOKEN_LENGTH, "average")

@@ -30,8 +30,35 @@ from escnet.text_prompts import (
         ("  padded  ", ["padded"]),
     ],
 )
-def test_synonyms_split_on_commas_blanks_stripped(name: str, synonyms: list[str]) -> None:
-    assert split_synonyms(name) == synonyms
+def test_average_rule_splits_on_every_comma_blanks_stripped(name: str, synonyms: list[str]) -> None:
+    assert split_synonyms(name, "average") == synonyms
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"),
+    [
+        ("person", ["person"]),
+        ("sofa, couch", ["sofa"]),  # CAT-Seg's get_text_embeds: the part before the first ", "
+        ("bag, handbag, pocketbook, purse", ["bag"]),
+        ("sofa,couch", ["sofa,couch"]),  # no ", ": the whole name, comma included
+        ("cat, ", ["cat"]),
+        ("  padded  ", ["  padded  "]),  # as CAT-Seg formats it; CLIP's tokenizer strips blanks
+    ],
+)
+def test_first_rule_keeps_what_catseg_encodes(name: str, encoded: list[str]) -> None:
+    assert split_synonyms(name, "first") == encoded
+    assert split_synonyms(name) == encoded  # the default rule is the official one
+
+
+@pytest.mark.parametrize("name", [", cat", " , cat", ""])
+def test_first_rule_refuses_a_blank_first_synonym(name: str) -> None:
+    with pytest.raises(ValueError, match="is empty"):
+        split_synonyms(name, "first")
+
+
+def test_unknown_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="synonym rule must be"):
+        split_synonyms("cat", "all")
 
 
 @pytest.mark.parametrize(
@@ -74,7 +101,7 @@ def test_longest_allowed_name_accepted() -> None:
 
 
 def test_prompt_order_class_then_template_then_synonym() -> None:
-    prompts = build_prompts(["sofa, couch", "cat"], templates=("a {}", "b {}"))
+    prompts = build_prompts(["sofa, couch", "cat"], templates=("a {}", "b {}"), rule="average")
     assert prompts.texts == ["a sofa", "a couch", "b sofa", "b couch", "a cat", "b cat"]
     assert prompts.class_index.tolist() == [0, 0, 0, 0, 1, 1]
     assert prompts.template_index.tolist() == [0, 0, 1, 1, 0, 1]
@@ -87,7 +114,7 @@ def test_single_template_is_catsegs() -> None:
 
 
 def test_folding_is_normalised_mean_of_normalised_synonyms() -> None:
-    prompts = build_prompts(["sofa, couch", "cat", "a, b, c"], templates=("t1 {}", "t2 {}"))
+    prompts = build_prompts(["sofa, couch", "cat", "a, b, c"], templates=("t1 {}", "t2 {}"), rule="average")
     # texts: t1 sofa, t1 couch, t2 sofa, t2 couch, t1 cat, t2 cat, t1 a, t1 b, t1 c, t2 a, t2 b, t2 c
     s = 2**-0.5
     embeddings = torch.tensor(
@@ -120,7 +147,8 @@ def test_folding_is_normalised_mean_of_normalised_synonyms() -> None:
 
 
 def test_class_text_embeddings_folds_what_the_encoder_returns() -> None:
-    """The whole path with a fake tokenizer (text -> its index) and a normalised fake encoder."""
+    """The whole path (average rule) with a fake tokenizer (text -> its index) and a normalised
+    fake encoder."""
     names = ["road, street", "tree"]
     texts_seen: list[str] = []
     table = torch.tensor([[3.0, 4.0], [4.0, 3.0], [0.0, 2.0]])
@@ -132,7 +160,7 @@ def test_class_text_embeddings_folds_what_the_encoder_returns() -> None:
     def encode(tokens: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(table[tokens], dim=-1)
 
-    out = class_text_embeddings(names, tokenize, encode)
+    out = class_text_embeddings(names, tokenize, encode, rule="average")
     assert texts_seen == [
         "A photo of a road in the scene",
         "A photo of a street in the scene",
@@ -141,3 +169,19 @@ def test_class_text_embeddings_folds_what_the_encoder_returns() -> None:
     s = 2**-0.5
     # road (0.6, 0.8) + street (0.8, 0.6) -> (s, s); tree (0, 1).
     torch.testing.assert_close(out, torch.tensor([[[s, s]], [[0.0, 1.0]]]))
+
+
+def test_first_rule_returns_the_encoders_embeddings_untouched() -> None:
+    """One text per class: CAT-Seg normalises once; the embeddings come back bit for bit."""
+    texts_seen: list[str] = []
+    table = torch.nn.functional.normalize(
+        torch.randn(2, 5, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        texts_seen.extend(texts)
+        return torch.arange(len(texts))
+
+    out = class_text_embeddings(["road, street", "tree"], tokenize, lambda tokens: table[tokens])
+    assert texts_seen == ["A photo of a road in the scene", "A photo of a tree in the scene"]
+    assert torch.equal(out, table.unsqueeze(1))
