@@ -19,6 +19,7 @@ from pathlib import Path
 from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
 from escnet.config import resolve_protocol as named_protocol
 from escnet_export.contract import graph_names, step_specs
+from escnet_export.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_config import (
     DEFAULT_SERVING,
     RUNTIMES,
@@ -151,6 +152,15 @@ def main(argv: list[str] | None = None) -> None:
         "--graph-threads", type=int, help="onnxruntime threads per copy (default: one per core)"
     )
     parser.add_argument(
+        "--views-per-run", type=int, default=DEFAULT_CHUNKS.views, help="views per graph run (memory)"
+    )
+    parser.add_argument(
+        "--classes-per-run", type=int, default=DEFAULT_CHUNKS.classes, help="classes per SAM/decoder run"
+    )
+    parser.add_argument(
+        "--texts-per-run", type=int, default=DEFAULT_CHUNKS.texts, help="texts per text-encoder run"
+    )
+    parser.add_argument(
         "--protocol",
         choices=sorted(PROTOCOLS),
         default=DEFAULT_PROTOCOL.name,
@@ -171,7 +181,13 @@ def main(argv: list[str] | None = None) -> None:
         runtime=args.runtime,
         variants=variants,
         configs_only=args.configs_only,
-        serving=GraphServing(instances=args.graph_instances, threads=args.graph_threads),
+        serving=GraphServing(
+            instances=args.graph_instances,
+            threads=args.graph_threads,
+            chunks=RunChunks(
+                views=args.views_per_run, classes=args.classes_per_run, texts=args.texts_per_run
+            ),
+        ),
         protocol=named_protocol(args.protocol, args.synonyms),
     )
     for plan in plans:

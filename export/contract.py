@@ -32,12 +32,20 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class StepSpec:
-    """One step of the chain: an exported graph ("graph") or a Python step between graphs ("python")."""
+    """One step of the chain: an exported graph ("graph") or a Python step between graphs ("python").
+
+    ``separable``: the named axes along which the step computes each index on its own, so that it
+    may run in slices of them and give the same answer (escnet_export.runners). B (views) for every
+    graph; T (classes) where nothing mixes classes (SAM blocks, decoder; not prep, whose top-256
+    class choice, nor the aggregators, whose class attention, looks at all classes); N (texts) for
+    the text encoder.
+    """
 
     name: str
     kind: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    separable: tuple[str, ...] = ()
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
@@ -158,12 +166,25 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
     if not config.use_sam_blocks:
         prep_outputs.append(appearance)
     steps = [
-        StepSpec("preprocess", "python", (IMAGE,), (images, view_plan)),
-        StepSpec("text_embedder", "python", (CLASS_NAMES,), (text_embeddings,)),
-        StepSpec("clip_image_encoder", "graph", (images,), (features, guidance_mid, guidance_fine)),
-        StepSpec("clip_text_encoder", "graph", (tokens,), (text_features,)),
+        # preprocess is the request's admission: it checks the image, the class names and the
+        # request's memory estimate before any work. The text embedder reads VIEW_PLAN only to run
+        # after it, so a refused request costs no text encoding.
+        StepSpec("preprocess", "python", (IMAGE, CLASS_NAMES), (images, view_plan)),
+        StepSpec("text_embedder", "python", (CLASS_NAMES, view_plan), (text_embeddings,)),
         StepSpec(
-            "prep", "graph", (features, guidance_mid, guidance_fine, text_embeddings), tuple(prep_outputs)
+            "clip_image_encoder",
+            "graph",
+            (images,),
+            (features, guidance_mid, guidance_fine),
+            separable=("B",),
+        ),
+        StepSpec("clip_text_encoder", "graph", (tokens,), (text_features,), separable=("N",)),
+        StepSpec(
+            "prep",
+            "graph",
+            (features, guidance_mid, guidance_fine, text_embeddings),
+            tuple(prep_outputs),
+            separable=("B",),
         ),
     ]
     if config.use_sam_blocks:
@@ -177,12 +198,17 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
                     "graph",
                     (features, points, point_labels, pseudo_mask),
                     (sam_features,),
+                    separable=("B", "T"),
                 )
             )
             outputs = (next_embedding, next_score) if k < num_layers else (next_embedding,)
             steps.append(
                 StepSpec(
-                    f"aggregator_{k}", "graph", (embedding, sam_features, text_guidance, class_mask), outputs
+                    f"aggregator_{k}",
+                    "graph",
+                    (embedding, sam_features, text_guidance, class_mask),
+                    outputs,
+                    separable=("B",),
                 )
             )
         else:
@@ -192,8 +218,17 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
                     "graph",
                     (embedding, appearance, text_guidance, class_mask),
                     (next_embedding,),
+                    separable=("B",),
                 )
             )
-    steps.append(StepSpec("decoder", "graph", (embedding, decoder_mid, decoder_fine, class_mask), (logits,)))
+    steps.append(
+        StepSpec(
+            "decoder",
+            "graph",
+            (embedding, decoder_mid, decoder_fine, class_mask),
+            (logits,),
+            separable=("B", "T"),
+        )
+    )
     steps.append(StepSpec("postprocess", "python", (logits, view_plan), (LABELS, SCORES)))
     return {step.name: step for step in steps}

@@ -19,12 +19,17 @@ import numpy as np
 
 from escnet.class_names import split_synonyms
 from escnet_export.contract import RequestLimits
+from escnet_export.memory_model import GIB, MemoryEstimate
 
 QUOTED_CHARS = 40  # of a class name, in a message
 
 
 class RequestError(ValueError):
     """A problem with the request itself (bad input), reported to the client as it is."""
+
+
+class RequestCancelled(Exception):
+    """The client gave up on the request (timeout, disconnect, cancel); stop working on it."""
 
 
 def quoted(name: str) -> str:
@@ -59,6 +64,19 @@ def check_score_budget(height: int, width: int, num_classes: int, limits: Reques
             f"{num_classes} classes on a {height}x{width} image need {elements} score values, more than "
             f"the limit of {limits.max_score_elements} (classes x pixels): send fewer classes or a "
             "smaller image"
+        )
+
+
+def check_memory_budget(
+    estimate: MemoryEstimate, budget: float, classes: int, height: int, width: int
+) -> None:
+    """The request's estimated peak memory within the budget, else RequestError saying what to change."""
+    if estimate.peak > budget:
+        raise RequestError(
+            f"{classes} classes on a {height}x{width} image need an estimated {estimate.describe()} of "
+            f"memory, more than this server's budget of {budget / GIB:.1f} GiB per request: send fewer "
+            "classes (the estimate grows with them) or a smaller image, or raise the budget "
+            "(memory_budget_gib in the preprocess config)"
         )
 
 

@@ -27,6 +27,18 @@ def preprocess(image: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
     return {"IMAGES": views.numpy(), "VIEW_PLAN": plan.encode()}
 
 
+def view_count(config: ModelConfig) -> int:
+    """Views per image under the config's protocol (5 for the sliding window, else 1)."""
+    return plan_views(config.clip.image_size, config.clip.image_size, config.protocol).num_views
+
+
+def clip_tokenizer(config: ModelConfig) -> Callable:
+    """The variant's CLIP tokenizer: texts -> TOKENS [N, 77]; ``.encode(text)`` -> its BPE ids."""
+    import open_clip
+
+    return open_clip.get_tokenizer(config.clip.open_clip_name)
+
+
 def postprocess(logits: np.ndarray, view_plan: np.ndarray) -> dict[str, np.ndarray]:
     """LOGITS [V, T, h, w], VIEW_PLAN [9] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
     probabilities = merge_views(torch.from_numpy(logits), ViewPlan.decode(view_plan))

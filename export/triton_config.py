@@ -7,7 +7,7 @@ with onnxruntime or as ``tensorrt_plan`` models; both have the same names and te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from escnet.config import InferenceProtocol, ModelConfig
 from escnet_export.contract import (
@@ -20,6 +20,7 @@ from escnet_export.contract import (
     TensorSpec,
     step_specs,
 )
+from escnet_export.runners import DEFAULT_CHUNKS, RunChunks
 
 RUNTIMES = ("onnxruntime", "tensorrt")
 
@@ -35,9 +36,8 @@ TEXT_CACHE_SIZE = 4096  # class names kept by each text embedder's LRU cache
 # The steps that read the request, and the limits (RequestLimits fields) each one checks: each limit
 # is a parameter of exactly one model config, where a deployment may change it.
 EDGE_LIMITS = {
-    "preprocess": ("min_side", "max_pixels"),
-    "text_embedder": ("max_classes", "max_name_bytes"),
-    "postprocess": ("max_score_elements",),
+    "preprocess": ("min_side", "max_pixels", "max_classes", "max_name_bytes", "max_score_elements"),
+    "text_embedder": ("max_classes", "max_name_bytes"),  # it decodes the names preprocess checked
 }
 
 
@@ -91,6 +91,11 @@ class GraphServing:
 
     instances: int = 1
     threads: int | None = None  # None: onnxruntime's default, one per core
+    # Slices of views, classes and texts per onnxruntime run (escnet_export.runners.RunChunks):
+    # they bound each graph step's working memory.
+    chunks: RunChunks = DEFAULT_CHUNKS
+    # One request's memory budget (GiB), or "auto": escnet_export.memory_model.resolve_budget.
+    memory_budget_gib: str = "auto"
 
     def __post_init__(self) -> None:
         if self.instances < 1 or (self.threads is not None and self.threads < 1):
@@ -117,11 +122,18 @@ def step_config(
         params = {"variant": config.name, "step": step.name, **protocol_parameters(config.protocol)}
         if step.kind == "graph" and serving.threads is not None:
             params["threads"] = str(serving.threads)
+        if step.kind == "graph":
+            params.update({f"{name}_per_run": str(value) for name, value in asdict(serving.chunks).items()})
         if step.name == "text_embedder":
             params["text_encoder_model"] = model_name(ensemble, "clip_text_encoder")
             params["cache_size"] = str(TEXT_CACHE_SIZE)
+            params["texts_per_run"] = str(serving.chunks.texts)
         limits = REQUEST_LIMITS.parameters()
         params.update({name: limits[name] for name in EDGE_LIMITS.get(step.name, ())})
+        if step.name == "preprocess":
+            # The memory admission estimates with the graphs' chunk sizes (memory_model.RequestShape).
+            params["memory_budget_gib"] = serving.memory_budget_gib
+            params.update({f"{name}_per_run": str(value) for name, value in asdict(serving.chunks).items()})
     return head + _io("input", step.inputs) + _io("output", step.outputs) + instances + _parameters(params)
 
 

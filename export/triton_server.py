@@ -46,14 +46,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUILD_REPOSITORY_COMMAND = "python -m escnet_export.build_repository"
 BUILD_ENGINES_COMMAND = "python -m escnet_export.build_engines"
 ONNX_FIRST_BYTE = 0x08  # protobuf tag of ModelProto field 1 (ir_version), varint
 
-# Flags every server gets (before any extra arguments, which may override them).
+# Flags every server gets (before any extra arguments, which may override them). Explicit model
+# control (every model loaded at start) lets the step watchdog reload a model whose process died.
 SERVER_FLAGS: tuple[str, ...] = (
-    "--model-control-mode=none",
+    "--model-control-mode=explicit",
+    "--load-model=*",
     "--strict-readiness=true",
     "--exit-on-error=true",
     "--disable-auto-complete-config",
@@ -513,8 +516,10 @@ class TritonServer:
     build_dir: Path | None = None
     exit_timeout_s: int | None = None
     kill_with_parent: bool = True
+    watchdog: bool = True  # reload a model whose step process died (escnet_export.step_watchdog)
     startup_s: float | None = field(default=None, init=False)
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _watchdog: Any = field(default=None, init=False, repr=False)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -569,6 +574,12 @@ class TritonServer:
                 )
             if self.is_ready():
                 self.startup_s = time.monotonic() - started
+                if self.watchdog:
+                    from escnet_export.step_watchdog import StepWatchdog
+
+                    self._watchdog = StepWatchdog(
+                        server_pid=self._process.pid, http_url=self.http_url
+                    ).start()
                 return self
             if time.monotonic() > deadline:
                 self.stop()
@@ -587,6 +598,9 @@ class TritonServer:
         process = self._process
         if process is None:
             return
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if timeout_s is None:
             timeout_s = (30 if self.exit_timeout_s is None else self.exit_timeout_s) + 10
         if process.poll() is None:
@@ -615,6 +629,11 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def step_watchdog(self) -> Any:
+        """The running StepWatchdog (its ``recoveries``), or None."""
+        return self._watchdog
 
     @property
     def pid(self) -> int | None:

@@ -15,6 +15,9 @@
 # For --wait: PID_FILE (build/tritonserver.pid), LOG_FILE (build/tritonserver.log),
 # WAIT_TIMEOUT (600 s).
 #
+# The step watchdog (export/step_watchdog.py) runs beside it and reloads a model whose step process
+# died; STEP_WATCHDOG=0 leaves it out.
+#
 # Foreground (default): execs tritonserver. --wait / --background: starts it in the background,
 # writes its PID file and log, waits until /v2/health/ready answers, exits 0 (stop it with
 # scripts/stop_server.sh); exits non-zero with the log's last 40 lines if the server dies first.
@@ -97,7 +100,17 @@ SHELL_SETUP="$("$PYTHON" "$ROOT/export/triton_server.py" --shell --model-reposit
 eval "$SHELL_SETUP"
 echo "serve.sh: ${TRITON_COMMAND[*]}" >&2
 
+# The step watchdog runs beside the server and reloads a model whose step process died
+# (export/step_watchdog.py); it exits with the server. STEP_WATCHDOG=0 leaves it out.
+watch() {  # $1: the server's pid
+    if [[ "${STEP_WATCHDOG:-1}" != 0 ]]; then
+        nohup "$PYTHON" "$ROOT/export/step_watchdog.py" --server-pid "$1" \
+            --http-url "$TRITON_CONNECT_HOST:$TRITON_HTTP_PORT" >>"${WATCHDOG_LOG:-/dev/stderr}" 2>&1 </dev/null &
+    fi
+}
+
 if ((WAIT == 0)); then
+    watch $$  # exec keeps this shell's pid for tritonserver
     exec "${TRITON_COMMAND[@]}"
 fi
 
@@ -106,6 +119,7 @@ mkdir -p "$(dirname "$PID_FILE")" "$(dirname "$LOG_FILE")"
 nohup "${TRITON_COMMAND[@]}" >"$LOG_FILE" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$PID_FILE"
+WATCHDOG_LOG="$LOG_FILE" watch "$pid"
 url="http://$TRITON_CONNECT_HOST:$TRITON_HTTP_PORT/v2/health/ready"
 echo "serve.sh: tritonserver pid $pid (pid file $PID_FILE, log $LOG_FILE); waiting up to ${WAIT_TIMEOUT}s for $url" >&2
 

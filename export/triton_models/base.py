@@ -1,7 +1,10 @@
 """What every Python-backend step shares: reading its config, answering each request on its own.
 
 A request that fails gets an error response naming the step and the problem; the other requests
-of the batch, and the server, carry on.
+of the batch, and the server, carry on. The error's code tells the client whose fault it was:
+INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400) for a refused request (:class:`RequestError`),
+UNAVAILABLE (503) when the step ran out of memory, CANCELLED when the client gave up before the
+step began (the step does no work then), INTERNAL (500) for anything else, a fault of ours.
 
 Error responses leave ERROR_RESPONSE_DELAY_S after the failure, not at once. tritonserver 2.51
 deadlocks when an ensemble step answers with an error while the gRPC frontend is still handing the
@@ -25,7 +28,7 @@ import triton_python_backend_utils as pb_utils
 
 from escnet.config import MODEL_CONFIGS, ModelConfig, resolve_protocol
 from escnet_export.contract import RequestLimits, StepSpec, step_specs
-from escnet_export.request_checks import RequestError
+from escnet_export.request_checks import RequestCancelled, RequestError
 
 __all__ = ["ERROR_RESPONSE_DELAY_S", "RequestError", "StepModel"]
 
@@ -40,6 +43,7 @@ class StepModel:
     step: StepSpec
     parameters: dict[str, str]
     limits: RequestLimits  # from the config's parameters (the edge steps have them)
+    cancelled_requests: int = 0  # requests answered CANCELLED without running
 
     def initialize(self, args: dict[str, Any]) -> None:
         model_config = json.loads(args["model_config"])
@@ -77,7 +81,10 @@ class StepModel:
         return inputs
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = [self._answer(request, self.run) for request in requests]
+        responses = [
+            self._cancelled(request) if request.is_cancelled() else self._answer(request, self.run)
+            for request in requests
+        ]
         if any(response.has_error() for response in responses):
             time.sleep(ERROR_RESPONSE_DELAY_S)
         return responses
@@ -89,11 +96,27 @@ class StepModel:
             outputs = run(request, self.read_inputs(request))
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
             return pb_utils.InferenceResponse(output_tensors=tensors)
-        except Exception as error:  # one request's failure must not take down the others
-            kind = "bad request" if isinstance(error, RequestError | ValueError) else type(error).__name__
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"{self.model_name}: {kind}: {error}")
+        except RequestError as error:
+            return self._error(f"bad request: {error}", pb_utils.TritonError.INVALID_ARG)
+        except RequestCancelled as error:
+            self.cancelled_requests += 1
+            return self._error(str(error), pb_utils.TritonError.CANCELLED)
+        except MemoryError as error:
+            return self._error(
+                f"out of memory ({error or 'allocation failed'}): send fewer classes or a smaller image, "
+                "or retry when the server is less busy",
+                pb_utils.TritonError.UNAVAILABLE,
             )
+        except Exception as error:  # one request's failure must not take down the others
+            return self._error(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+
+    def _error(self, message: str, code: int) -> Any:
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.model_name}: {message}", code))
+
+    def _cancelled(self, request: Any) -> Any:
+        """The client gave up (timeout, disconnect, cancel): answer at once, run nothing."""
+        self.cancelled_requests += 1
+        return self._error("request cancelled by the client; not run", pb_utils.TritonError.CANCELLED)
 
     def finalize(self) -> None:
         pass

@@ -336,8 +336,12 @@ def test_bad_request_is_refused_and_the_server_carries_on(
         with pytest.raises(InferenceServerException, match=message) as error:
             infer(client, "escnet", make_image(), names)
         message_text = error.value.message()
-        print(f"\n{case} ({type(client).__module__}): {message_text[:300]}")
+        status = str(error.value.status())
+        print(f"\n{case} ({type(client).__module__}, {status}): {message_text[:300]}")
         assert len(message_text) < 1000, "the refusal echoes the request"
+        # The client's fault, in the status a client acts on: never INTERNAL / 500.
+        grpc = isinstance(client, grpcclient.InferenceServerClient)
+        assert status == ("StatusCode.INVALID_ARGUMENT" if grpc else "400"), status
     assert http_client.is_server_ready() and http_client.is_model_ready("escnet")
     ensemble, image_name, good_names = GOOD_REQUEST
     answer = infer(http_client, ensemble, photo(image_name), good_names)
