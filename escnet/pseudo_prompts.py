@@ -3,7 +3,7 @@
 One ESC block turns each (image, class) correlation map ``S`` of shape ``[H, W]`` (24 x 24) into a
 prompt set for SAM's prompt encoder:
 
-a. ``p = softmax(S)`` over the ``H * W`` cells;
+a. ``p = softmax(S)`` over the ``H * W`` cells, in float64 (see below);
 b. foreground = ``p > threshold`` or ``p == max p`` (``threshold`` defaults to ``1 / (H * W)``),
    so a map is never empty;
 c. K-means on the ``(row, col)`` coordinates of the foreground cells, initialised from the ``K``
@@ -27,10 +27,21 @@ ends empty is padding: label ``-1`` and point ``(0, 0)``, left in its slot, as S
 accepts padding points anywhere.
 
 The function is pure torch, vectorised over all maps, and runs on the device of its input. It uses
-only elementwise operations, per-row softmax, explicit first-index arg-min/max and K-means in exact
-integer arithmetic (centres as integer sums over counts), so the same input gives bit-identical
-output whether a map is processed alone or inside a stack, and clusters never depend on float
-rounding: distance ties are real ties, broken as specified.
+only elementwise operations, explicit first-index arg-min/max and K-means in exact integer
+arithmetic (centres as integer sums over counts), so the same input gives bit-identical output
+whether a map is processed alone or inside a stack, and clusters never depend on float rounding:
+distance ties are real ties, broken as specified.
+
+The softmax is computed in float64 from IEEE basic operations only (``+ - * /``, floor, a power of
+two built from its bits): ``exp`` by Cody-Waite range reduction and a degree-13 Taylor polynomial
+(within about 1 ulp of float64's exp; a cell more than 650 below its map's maximum gets exactly 0)
+and the sum over the cells in a fixed pairwise order. Library ``exp`` and ``softmax`` kernels round
+differently from one another (numpy's and torch's float32 softmax disagree in the last bit for half
+the cells or more, which flips ``p > threshold`` in maps near uniform), whereas these operations
+are correctly rounded everywhere: the probabilities, and hence the masks, clusters and points, are
+the same bits on any device and in the numpy port the served step runs
+(export/numpy_pseudo_points.py, which repeats these operations in the same order). The linear
+sampling is in float64 too; the points are rounded to float32 last.
 """
 
 from __future__ import annotations
@@ -79,6 +90,57 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
     index = torch.arange(size, device=values.device)
     best = values.amax(dim=-1, keepdim=True)
     return torch.where(values == best, index, size).amin(dim=-1)
+
+
+# exp(x) for x <= 0 in float64 (see the module docstring). ln 2 split in a high part with 21 trailing
+# zero bits (k * _LN2_HI is exact for |k| < 2**21) and the rest, as in fdlibm; the Taylor
+# coefficients 1/n! of exp on |r| <= ln(2)/2, whose degree-13 remainder is below 1e-17.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+_EXP_COEFFICIENTS = tuple(1.0 / math.factorial(n) for n in range(14))
+# Below this exp is taken as 0: e^-650 ~ 5e-283 keeps every probability, and every weight of the
+# linear sampling, a normal float64 even over a 73 x 73 grid (no subnormal arithmetic anywhere).
+_EXP_FLOOR = -650.0
+
+
+def _exp_nonpositive(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)`` of float64 ``x <= 0`` (any shape) from IEEE basic operations, 0 below ``_EXP_FLOOR``.
+
+    ``x = k ln 2 + r`` with ``k = floor(x / ln 2 + 1/2)``, ``exp(r)`` by Horner's rule, times
+    ``2**k`` built from its exponent bits. Every step is one correctly rounded operation, so the
+    result is the same bits on any device and in numpy.
+    """
+    clamped = torch.clamp(x, min=_EXP_FLOOR)
+    k = torch.floor(clamped * _INV_LN2 + 0.5)
+    r = (clamped - k * _LN2_HI) - k * _LN2_LO
+    poly = _EXP_COEFFICIENTS[13] * r + _EXP_COEFFICIENTS[12]
+    for coefficient in _EXP_COEFFICIENTS[11::-1]:
+        poly = poly * r + coefficient
+    power = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)  # 2**k, k >= -938
+    return torch.where(x < _EXP_FLOOR, 0.0, poly * power)
+
+
+def _ordered_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis in a fixed pairwise order: ``[N, L]`` -> ``[N, 1]``.
+
+    Zero-padded to a power of two and folded in halves (``v[:, :h] + v[:, h:]``), so the rounding
+    does not depend on the library's reduction kernel.
+    """
+    length = values.shape[-1]
+    width = 1 << (length - 1).bit_length()
+    if width > length:
+        values = torch.nn.functional.pad(values, (0, width - length))
+    while width > 1:
+        width //= 2
+        values = values[:, :width] + values[:, width:]
+    return values
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis of float64 ``[N, L]`` (see the module docstring) -> ``[N, L]``."""
+    weights = _exp_nonpositive(logits - logits.amax(dim=-1, keepdim=True))
+    return weights / _ordered_sum(weights)
 
 
 def _validate(score_maps: torch.Tensor, image_size: int, config: PseudoPromptConfig) -> None:
@@ -165,7 +227,7 @@ def generate_pseudo_prompts(
         score_maps: ``[N, H, W]`` float, one correlation map per (image, class) pair (e.g.
             ``N = B * T``, ``H = W = 24``); ``[B, T, H, W]`` is also accepted and the outputs then
             keep the leading ``[B, T]`` (``points`` ``[B, T, K, 2]``, ``mask`` ``[B, T, H, W]``...).
-            Half-precision input is computed in float32, float64 in float64.
+            Every floating dtype is computed in float64 (the points are rounded to float32 last).
         image_size: side of the square image, in pixels, whose frame the points are given in
             (384 for ViT-B/16: stride 16 over a 24-cell grid). For ``H != W`` the row stride is
             ``image_size / H`` and the column stride ``image_size / W``.
@@ -186,12 +248,12 @@ def generate_pseudo_prompts(
     cells = height * width
     num_clusters = config.num_clusters
     device = score_maps.device
-    dtype = torch.promote_types(score_maps.dtype, torch.float32)
+    dtype = torch.float64  # see the module docstring: the same bits on every device and in numpy
 
     # a. softmax over the cells of each map.
     logits = score_maps.reshape(-1, cells).to(dtype)
     num_maps = logits.shape[0]
-    prob = torch.softmax(logits, dim=-1)  # [N, H*W]
+    prob = _softmax(logits)  # [N, H*W]
 
     # b. foreground: above the threshold, or the most probable cell(s).
     threshold = config.threshold if config.threshold is not None else 1.0 / cells

@@ -75,6 +75,7 @@ def load_clip_checkpoint(model: nn.Module, path: str | Path) -> None:
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("module.")}
     state = _fit_clip_tensors(state, "", model)
     model.clip_model.load_state_dict(state, strict=True)
+    report_loaded("the CLIP image and text towers (clip_model.*)", state, path)
 
 
 def load_sam_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -87,15 +88,40 @@ def load_sam_checkpoint(model: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path)
     for block in blocks:
         load_sam_decoder_weights(block, state)
+    used = {
+        k: v
+        for k, v in state.items()
+        if k.startswith(
+            (
+                "prompt_encoder.",
+                "mask_decoder.transformer.",
+                "mask_decoder.iou_token",
+                "mask_decoder.mask_tokens",
+            )
+        )
+    }
+    report_loaded(f"the SAM prompt encoder and two-way transformer of {len(blocks)} ESC blocks", used, path)
 
 
 def load_whole_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a whole-model file strictly: an official CAT-Seg checkpoint (``sem_seg_head.*`` names,
     mapped by :func:`catseg_to_ours`) or one of ours (``torch.save(model.state_dict())``)."""
     state = read_state_dict(path)
-    if any(key.startswith(CATSEG_PREFIX) for key in state):
+    official = any(key.startswith(CATSEG_PREFIX) for key in state)
+    if official:
         state = catseg_to_ours(state, model)
     model.load_state_dict(state, strict=True)
+    layout = "official CAT-Seg layout" if official else "this project's layout"
+    report_loaded(f"the whole model, every tensor ({layout})", state, path)
+
+
+def report_loaded(what: str, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Say what a file filled: the loaders print it, so a user sees which weights are real."""
+    values = sum(t.numel() for t in state.values())
+    print(
+        f"loaded {what}: {len(state)} tensors, {values / 1e6:.1f} M values, from {Path(path).resolve()}",
+        flush=True,
+    )
 
 
 def warn_random_weights(what: str) -> None:

@@ -101,6 +101,23 @@ def measure_request(server: TritonServer, client, ensemble: str, classes: int, s
     }
 
 
+def write_report(
+    out: Path, env: dict, views_per_run: int, idle: int, idle_per: dict, rows: list, settled: int | None
+) -> None:
+    """artifacts/memory/memory.json, rewritten after every request (a long run keeps what it measured)."""
+    report = {
+        "environment": env,
+        "views_per_run": views_per_run,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "idle_pss_gib": round(idle / GIB, 3),
+        "idle_per_process_gib": {k: round(v / GIB, 3) for k, v in sorted(idle_per.items())},
+        "requests": rows,
+        "settled_pss_gib": None if settled is None else round(settled / GIB, 3),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ensembles", nargs="*", default=["escnet", "catseg"])
@@ -139,29 +156,22 @@ def main() -> None:
                     for classes in args.classes:
                         row = measure_request(server, client, ensemble, classes, size)
                         rows.append(row)
+                        write_report(args.out, env, args.views_per_run, idle, idle_per, rows, None)
                         print(
                             f"{ensemble} T={classes} {row['image']}: {row['seconds']} s, peak step "
                             f"{row['peak_step']} +{row['peak_step_gib']} GiB, "
                             f"PSS after {row['pss_after_gib']} GiB"
                         )
             time.sleep(args.settle)
-            settled, _ = total_pss(server)
+            settled, settled_per = total_pss(server)
+            grown = sorted(((settled_per.get(k, 0) - v, k) for k, v in idle_per.items()), reverse=True)
+            print("grown since idle: " + ", ".join(f"{k} +{d / GIB:.2f}" for d, k in grown[:6]))
             print(
                 f"after {args.settle:.0f} s: {settled / GIB:.2f} GiB PSS "
                 f"({100 * (settled / idle - 1):+.1f}% of idle)"
             )
             client.close()
-    report = {
-        "environment": env,
-        "views_per_run": args.views_per_run,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "idle_pss_gib": round(idle / GIB, 3),
-        "idle_per_process_gib": {k: round(v / GIB, 3) for k, v in sorted(idle_per.items())},
-        "requests": rows,
-        "settled_pss_gib": round(settled / GIB, 3),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, env, args.views_per_run, idle, idle_per, rows, settled)
     print(f"wrote {args.out}")
 
 

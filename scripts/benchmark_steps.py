@@ -7,7 +7,9 @@ same inputs, checks that both give the same answer, and prints the medians:
 - pseudo points: one call per class map [1, 1, 24, 24] (a loop over T), against one call over all
   T maps at once (escnet.pseudo_prompts is vectorised over maps; steps.pseudo_points feeds it all);
 - labels: torch's ``argmax(dim=0)`` over the [T, 512, 512] probabilities, against the running
-  maximum of ``steps.class_labels``.
+  maximum of ``steps.class_labels``;
+- pseudo points, numpy: the torch step ``steps.pseudo_points`` on SCORE [5, T, 24, 24], against
+  the torch-free port ``numpy_pseudo_points.pseudo_points`` (same bits).
 The inputs are random (score maps from a normal distribution, probabilities from the sigmoid of
 random logits merged as postprocess does); the time of both steps depends on shapes, not values.
 
@@ -29,7 +31,7 @@ import torch
 
 from escnet.config import MODEL_CONFIGS
 from escnet.image_views import merge_views, plan_views
-from escnet_export import steps
+from escnet_export import numpy_pseudo_points, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "benchmarks" / "steps.json"
@@ -73,6 +75,25 @@ def labels_row(classes: int, runs: int) -> dict:
     return {"step": "labels", "classes": classes, "before_s": before, "after_s": after, "same": same}
 
 
+def numpy_pseudo_points_row(classes: int, runs: int, batch: int = 5) -> dict:
+    """SCORE [5, T, G, G] (G = 24): the torch step against the numpy port."""
+    grid = CONFIG.clip.grid
+    score = np.random.default_rng(classes).standard_normal((batch, classes, grid, grid)).astype(np.float32)
+    before, torch_out = median_seconds(lambda: steps.pseudo_points(score, CONFIG), runs)
+    after, numpy_out = median_seconds(
+        lambda: numpy_pseudo_points.pseudo_points(score, CONFIG.clip.image_size, CONFIG.pseudo_prompts), runs
+    )
+    same = all(np.array_equal(torch_out[n], numpy_out[n]) for n in torch_out)  # type: ignore[index]
+    return {
+        "step": "points numpy",
+        "classes": classes,
+        "batch": batch,
+        "before_s": before,
+        "after_s": after,
+        "same": same,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", nargs="+", type=int, default=[20, 150])
@@ -83,7 +104,12 @@ def main() -> None:
     rows = []
     print(f"{'step':14s} {'T':>4s} {'before':>9s} {'after':>9s} {'speed-up':>9s}  same answer")
     for classes in args.classes:
-        for row in (pseudo_points_row(classes, args.runs), labels_row(classes, args.runs)):
+        rows_of_t = (
+            pseudo_points_row(classes, args.runs),
+            labels_row(classes, args.runs),
+            numpy_pseudo_points_row(classes, args.runs),
+        )
+        for row in rows_of_t:
             rows.append(row)
             before_ms, after_ms = row["before_s"] * 1000, row["after_s"] * 1000
             print(

@@ -3,10 +3,13 @@
 # for the hardware at hand, start tritonserver, segment a real photo through the `escnet` ensemble,
 # write an overlay PNG with a legend, stop the server.
 #
-# Weights (optional, local files only): CHECKPOINT (whole ESC-Net / CAT-Seg checkpoint),
-# CLIP_CHECKPOINT (OpenAI / open_clip CLIP), SAM_CHECKPOINT (SAM .pth for the ESC blocks).
-# Without them the model runs on a seeded random init and says so loudly: the picture then shows
-# the pipeline working, not a meaningful segmentation.
+# MODEL: escnet (default: both ensembles are exported and served, the photo goes to escnet) or
+# catseg (only CAT-Seg: what the official checkpoints fill).
+# Weights (optional, local files only): CHECKPOINT (whole ESC-Net / CAT-Seg checkpoint, for
+# MODEL's variant), CLIP_CHECKPOINT (OpenAI / open_clip CLIP), SAM_CHECKPOINT (SAM .pth for the ESC
+# blocks). Without them the model runs on a seeded random init and says so loudly: the picture
+# then shows the pipeline working, not a meaningful segmentation. With CAT-Seg's official weights:
+#   MODEL=catseg CHECKPOINT=/data/model_base.pth bash scripts/demo.sh
 # Other settings: IMAGE (default: scikit-image's astronaut photo), CLASSES ("a; b, synonym; c"),
 # OUT (build/demo), HTTP_PORT / GRPC_PORT / METRICS_PORT (18000-18002).
 set -euo pipefail
@@ -21,23 +24,34 @@ bash scripts/install.sh
 . .venv/bin/activate
 mkdir -p "$OUT"
 
-weights=()
-[ -n "${CHECKPOINT:-}" ] && weights+=(--checkpoint "$CHECKPOINT")
-[ -n "${CLIP_CHECKPOINT:-}" ] && weights+=(--clip-checkpoint "$CLIP_CHECKPOINT")
+MODEL="${MODEL:-escnet}"
+case "$MODEL" in
+    escnet) ensembles=(escnet catseg); REPOSITORY="$ROOT/model_repository" ;;
+    catseg) ensembles=(catseg); REPOSITORY="$ROOT/$OUT/model_repository" ;;  # CAT-Seg's models only
+    *) echo "demo.sh: MODEL must be escnet or catseg, got '$MODEL'" >&2; exit 2 ;;
+esac
 echo "== export"
-python -m escnet_export.run_export --variant escnet_vitb16_384 "${weights[@]}" \
-    ${SAM_CHECKPOINT:+--sam-checkpoint "$SAM_CHECKPOINT"}
-python -m escnet_export.run_export --variant catseg_vitb16_384 ${CHECKPOINT:+--checkpoint "$CHECKPOINT"} \
-    ${CLIP_CHECKPOINT:+--clip-checkpoint "$CLIP_CHECKPOINT"}
+for ensemble in "${ensembles[@]}"; do
+    weights=()
+    if [ "$ensemble" = "$MODEL" ] && [ -n "${CHECKPOINT:-}" ]; then
+        weights+=(--checkpoint "$CHECKPOINT")
+    elif [ -n "${CLIP_CHECKPOINT:-}" ]; then
+        weights+=(--clip-checkpoint "$CLIP_CHECKPOINT")
+    fi
+    if [ "$ensemble" = escnet ] && [ -n "${SAM_CHECKPOINT:-}" ] && [ -z "${CHECKPOINT:-}" ]; then
+        weights+=(--sam-checkpoint "$SAM_CHECKPOINT")
+    fi
+    python -m escnet_export.run_export --variant "${ensemble}_vitb16_384" ${weights[@]+"${weights[@]}"}
+done
 
 echo "== build the model repository"
-python -m escnet_export.build_repository
+python -m escnet_export.build_repository --ensembles "${ensembles[@]}" --repository "$REPOSITORY"
 
 echo "== start tritonserver"
 PID_FILE="$ROOT/build/demo-tritonserver.pid"
 LOG_FILE="$ROOT/build/demo-tritonserver.log"
 export PID_FILE LOG_FILE
-bash scripts/serve.sh --wait
+bash scripts/serve.sh --wait --model-repository "$REPOSITORY"
 trap 'bash scripts/stop_server.sh --pid-file "$PID_FILE" || true' EXIT
 
 IMAGE="${IMAGE:-$OUT/astronaut.png}"
@@ -46,5 +60,6 @@ if [ ! -f "$IMAGE" ]; then
 fi
 
 echo "== segment $IMAGE"
-python -m escnet_client.cli "$IMAGE" --classes "$CLASSES" --url "127.0.0.1:$HTTP_PORT" --model escnet --out "$OUT"
+python -m escnet_client.cli "$IMAGE" --classes "$CLASSES" --url "127.0.0.1:$HTTP_PORT" --model "$MODEL" --out "$OUT" \
+    --timeout 1800
 echo "== done: $(ls "$OUT"/*_overlay.png)"

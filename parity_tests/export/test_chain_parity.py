@@ -4,6 +4,10 @@ The chain is ``GraphChain.from_onnx``: every exported graph in onnxruntime, with
 (text embedder, preprocess, the pseudo-point step between ESC blocks, postprocess) between them.
 The reference is the PyTorch model: ``model.forward`` on the same views and ``model.segment``.
 
+Views: each photo gives the single_view protocol's one view (graph parity does not depend on how
+many views an image is cut into; the default protocol's five are held to the reference by the
+served tests and ``segment`` here).
+
 Grid: T in {1, 3, 20, 150, 300} classes (prefixes of parity_tests/data/vocabulary.txt, ~300
 ADE20K-like names, synonyms included) with B = 1 image, and B = 2 (two different photos' views
 stacked) for T in {1, 3, 20} only: B = 2 at T = 150 / 300 costs another 3-4 minutes per variant
@@ -33,13 +37,15 @@ import torch
 from parity_support import PARITY_DIR, ParityVariant, say
 
 from escnet import segmenter
-from escnet.image_views import merge_views
+from escnet.config import PROTOCOLS
+from escnet.image_views import ViewPlan, merge_views
 from escnet.pseudo_prompts import generate_pseudo_prompts
 from escnet_export import steps
 from escnet_export.chain import GraphChain
 from escnet_export.parity import TOLERANCES, OutputComparison, compare_arrays, compare_outputs
 from escnet_export.runners import GraphRunner
 
+SINGLE_VIEW = PROTOCOLS["single_view"]
 CLASS_COUNTS_B1 = (1, 3, 20, 150, 300)
 CLASS_COUNTS_B2 = (1, 3, 20)
 PHOTO_FOR_CLASSES = {1: "chelsea", 3: "astronaut", 20: "coffee", 150: "rocket", 300: "astronaut"}
@@ -273,7 +279,7 @@ def chain_run(
     key = (target.name, classes, batch)
     if key in _RUNS:
         return _RUNS[key]
-    config = target.model.config
+    config = target.model.config.with_protocol(SINGLE_VIEW)
     chosen = (PHOTO_FOR_CLASSES[classes],) if batch == 1 else PHOTO_PAIR
     views = [steps.preprocess(photos[name], config) for name in chosen]
     images = np.concatenate([v["IMAGES"] for v in views])
@@ -324,7 +330,7 @@ def image_outputs(logits: np.ndarray, view_plan: np.ndarray, backend: str) -> di
     postprocess step for the chain, the model's own merge (as in model.segment) for PyTorch."""
     if backend == "onnx":
         return steps.postprocess(logits, view_plan)
-    probabilities = merge_views(torch.from_numpy(logits), steps.decode_view_plan(view_plan))
+    probabilities = merge_views(torch.from_numpy(logits), ViewPlan.decode(view_plan))
     return {
         "LABELS": probabilities.argmax(dim=0).to(torch.int32).numpy(),
         "SCORES": probabilities.numpy(),
@@ -566,7 +572,7 @@ def test_empty_class_list_raises(parity_variant: ParityVariant, photos: dict[str
 def test_zero_text_embeddings_raise(parity_variant: ParityVariant, photos: dict[str, np.ndarray]) -> None:
     """T = 0 text embeddings [0, P, C] into the forward / the chain's logits."""
     target = parity_variant
-    config = target.model.config
+    config = target.model.config.with_protocol(SINGLE_VIEW)
     images = steps.preprocess(photos["chelsea"], config)["IMAGES"]
     empty = np.zeros((0, 1, config.clip.embed_dim), dtype=np.float32)
     with pytest.raises(ValueError, match=r"T >= 1"):

@@ -24,6 +24,7 @@ import pytest
 import torch
 from parity_support import PARITY_DIR, VARIANTS, ParityVariant, say
 
+from escnet.config import PROTOCOLS
 from escnet.registry import MODEL_CONFIGS
 from escnet_export import steps
 from escnet_export.chain import GraphChain
@@ -142,8 +143,9 @@ def reference_run(
     }
     chain = GraphChain(config=config, runners=runners)
     text = chain.embed_class_names(class_names(vocabulary, classes))
+    single_view = config.with_protocol(PROTOCOLS["single_view"])  # one view per photo
     images = np.concatenate(
-        [steps.preprocess(photos[name], config)["IMAGES"] for name in PHOTOS_BY_BATCH[batch]]
+        [steps.preprocess(photos[name], single_view)["IMAGES"] for name in PHOTOS_BY_BATCH[batch]]
     )
     with torch.no_grad():
         chain.logits(images, text)
