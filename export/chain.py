@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open_clip
 
+from escnet.class_names import SINGLE_TEMPLATE
 from escnet.config import ModelConfig
-from escnet.text_prompts import SINGLE_TEMPLATE
 from escnet_export import steps
 from escnet_export.contract import graph_names, step_specs
 from escnet_export.runners import GraphRunner, OrtRunner
@@ -28,7 +27,7 @@ class GraphChain:
     templates: tuple[str, ...] = SINGLE_TEMPLATE
 
     def __post_init__(self) -> None:
-        self.tokenizer = open_clip.get_tokenizer(self.config.clip.open_clip_name)
+        self.tokenizer = steps.clip_tokenizer(self.config)
 
     @classmethod
     def from_onnx(cls, config: ModelConfig, directory: Path, threads: int | None = None) -> GraphChain:

@@ -1,8 +1,15 @@
 """The Python steps between graphs, as plain functions on numpy arrays keyed by contract names.
 
 The Triton Python models and the in-process ORT chain both call these, so the served chain and the
-direct chain run the same code between graphs. All heavy lifting is the model package's own
-functions (pseudo prompts, view planning, prompt folding); these adapt them to the contract.
+direct chain run the same code between graphs. They import no torch: numpy, Pillow and the CLIP
+tokenizer only (each served step is its own process, and torch costs ~1 GiB in each). The model
+package's PyTorch functions stay the reference they are held to (parity_tests/export/):
+
+- views and their merge: escnet_export.numpy_views (reference escnet/image_views.py), after the
+  torch-free shortest-edge resize and view plan of escnet/view_plan.py;
+- pseudo points: escnet_export.numpy_pseudo_points (reference escnet/pseudo_prompts.py, to the bit);
+- text: escnet_export.clip_tokenizer (open_clip's tokenizer, to the token), the synonym rule of
+  escnet/class_names.py, and the fold of escnet/text_prompts.py in numpy.
 """
 
 from __future__ import annotations
@@ -10,21 +17,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
+from escnet.class_names import split_synonyms, validate_class_names
 from escnet.config import ModelConfig
-from escnet.image_views import ViewPlan, make_views, merge_views, plan_views, resize_shortest_edge
-from escnet.pseudo_prompts import generate_pseudo_prompts
-from escnet.segmenter import validate_image
-from escnet.text_prompts import build_prompts, fold_prompt_embeddings, validate_class_names
+from escnet.view_plan import ViewPlan, plan_views, resize_shortest_edge
+from escnet_export import numpy_pseudo_points, numpy_views
+from escnet_export.clip_tokenizer import ClipTokenizer
+
+
+def check_pixels(image: np.ndarray) -> np.ndarray:
+    """IMAGE [H, W, 3] uint8 RGB, else a ValueError naming what is wrong with it."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape [H, W, 3] (RGB), got {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    return image
 
 
 def preprocess(image: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
     """IMAGE [H, W, 3] uint8 -> IMAGES [V, 3, S, S] float32, VIEW_PLAN [9] int32 (config.protocol)."""
-    pixels = validate_image(image).numpy()
+    pixels = check_pixels(image)
     plan = plan_views(pixels.shape[0], pixels.shape[1], config.protocol)
-    views = make_views(torch.from_numpy(resize_shortest_edge(pixels, config.protocol)), plan, config)
-    return {"IMAGES": views.numpy(), "VIEW_PLAN": plan.encode()}
+    views = numpy_views.make_views(resize_shortest_edge(pixels, config.protocol), plan, config)
+    return {"IMAGES": views, "VIEW_PLAN": plan.encode()}
 
 
 def view_count(config: ModelConfig) -> int:
@@ -32,61 +50,45 @@ def view_count(config: ModelConfig) -> int:
     return plan_views(config.clip.image_size, config.clip.image_size, config.protocol).num_views
 
 
-def clip_tokenizer(config: ModelConfig) -> Callable:
-    """The variant's CLIP tokenizer: texts -> TOKENS [N, 77]; ``.encode(text)`` -> its BPE ids."""
-    import open_clip
-
-    return open_clip.get_tokenizer(config.clip.open_clip_name)
-
-
 def postprocess(logits: np.ndarray, view_plan: np.ndarray) -> dict[str, np.ndarray]:
     """LOGITS [V, T, h, w], VIEW_PLAN [9] -> LABELS [H, W] int32, SCORES [T, H, W] float32."""
-    probabilities = merge_views(torch.from_numpy(logits), ViewPlan.decode(view_plan))
-    return {"LABELS": class_labels(probabilities).numpy(), "SCORES": probabilities.numpy()}
+    probabilities = numpy_views.merge_views(np.asarray(logits, dtype=np.float32), ViewPlan.decode(view_plan))
+    return {"LABELS": numpy_views.class_labels(probabilities), "SCORES": probabilities}
 
 
-def class_labels(probabilities: torch.Tensor) -> torch.Tensor:
-    """PROBABILITIES [T, H, W] -> [H, W] int32: ``probabilities.argmax(dim=0)``, the first class
-    on ties, for finite values.
-
-    A running maximum over the T class planes, each pass a contiguous H x W sweep: 59 ms instead of
-    165 ms for torch's argmax over the outer axis at T=150, 512 x 512 (scripts/benchmark_steps.py,
-    2-core CI machine).
-    """
-    best = probabilities[0].clone()
-    labels = torch.zeros(best.shape, dtype=torch.int32)
-    for index in range(1, probabilities.shape[0]):
-        plane = probabilities[index]
-        labels.masked_fill_(plane > best, index)
-        torch.maximum(best, plane, out=best)
-    return labels
-
-
-def pseudo_points(score: np.ndarray | torch.Tensor, config: ModelConfig) -> dict[str, np.ndarray]:
+def pseudo_points(score: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
     """SCORE [B, T, G, G] -> POINTS [B, T, K, 2], POINT_LABELS [B, T, K], PSEUDO_MASK [B, T, G, G]."""
-    maps = torch.as_tensor(score)
-    b, t, g = maps.shape[0], maps.shape[1], maps.shape[2]
-    prompts = generate_pseudo_prompts(
-        maps.reshape(b * t, g, g), image_size=config.clip.image_size, config=config.pseudo_prompts
-    )
-    k = prompts.points.shape[1]
-    return {
-        "POINTS": prompts.points.reshape(b, t, k, 2).float().cpu().numpy(),
-        "POINT_LABELS": prompts.labels.reshape(b, t, k).float().cpu().numpy(),
-        "PSEUDO_MASK": prompts.mask.reshape(b, t, g, g).float().cpu().numpy(),
-    }
+    return numpy_pseudo_points.pseudo_points(np.asarray(score), config.clip.image_size, config.pseudo_prompts)
+
+
+def clip_tokenizer(config: ModelConfig) -> ClipTokenizer:
+    """The variant's CLIP tokenizer: texts -> TOKENS [N, 77] int32; ``.encode(text)`` -> BPE ids."""
+    return ClipTokenizer(context_length=config.clip.context_length)
 
 
 def text_embeddings(
     class_names: Sequence[str],
-    tokenize: Callable[[list[str]], torch.Tensor],
+    tokenize: Callable[[list[str]], np.ndarray],
     encode: Callable[[np.ndarray], np.ndarray],
     templates: Sequence[str],
     rule: str,
 ) -> np.ndarray:
-    """CLASS_NAMES -> TEXT_EMBEDDINGS [T, P, C]: prompts, TOKENS [N, 77] int32 through the text
-    encoder (``encode``: TOKENS -> TEXT_FEATURES [N, C]), synonyms by ``rule`` (first / average)."""
-    prompts = build_prompts(validate_class_names(class_names, rule), templates, rule)
-    tokens = tokenize(prompts.texts).to(torch.int32).numpy()
-    features = torch.from_numpy(encode(tokens))
-    return fold_prompt_embeddings(prompts, features).numpy()
+    """CLASS_NAMES -> TEXT_EMBEDDINGS [T, P, C]: prompt texts (class, then template, then synonym)
+    as TOKENS [N, 77] int32 through the text encoder (``encode``: -> TEXT_FEATURES [N, C],
+    L2-normalised), then per (class, template) the synonyms' normalised mean; with one text per
+    slot (the "first" rule) the features as they are, as CAT-Seg takes them."""
+    names = validate_class_names(class_names, rule)
+    texts, slots = [], []
+    for c, name in enumerate(names):
+        for p, template in enumerate(templates):
+            for synonym in split_synonyms(name, rule):
+                texts.append(template.format(synonym))
+                slots.append(c * len(templates) + p)
+    features = np.asarray(encode(np.asarray(tokenize(texts), dtype=np.int32)), dtype=np.float32)  # [N, C]
+    count = len(names) * len(templates)
+    if features.shape[0] == count:
+        return features.reshape(len(names), len(templates), -1)
+    summed = np.zeros((count, features.shape[1]), dtype=np.float32)
+    np.add.at(summed, np.asarray(slots), features)
+    norms = np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
+    return (summed / norms).reshape(len(names), len(templates), -1)
