@@ -68,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--sam-checkpoint", help="SAM blocks (when no --checkpoint)")
     reference.add_argument("--device", default="cpu", help="torch device of the reference, e.g. cuda")
     parser.add_argument("--workers", type=int, default=2, help="images in flight at once")
-    parser.add_argument("--short-side", type=int, metavar="PX", help="resize images to this short side first")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        metavar="PX",
+        help="resize images to this short side before sending (not needed for CAT-Seg's protocol: "
+        "the ensemble and the reference resize the shorter side to 640 themselves)",
+    )
     parser.add_argument("--limit", type=int, help="score only the first N images (in name order)")
     parser.add_argument("--skip-errors", action="store_true", help="leave failed images out, report them")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")

@@ -18,6 +18,7 @@ Memory figures:
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,27 @@ def step_pids(server_pid: int) -> dict[str, set[int]]:
     for process in server_processes(server_pid)[1:]:
         models.setdefault(process.model, set()).add(process.pid)
     return models
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (0 when it is gone)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def shm_region_bytes(pid: int) -> int:
+    """Size of a stub's shared-memory region (/dev/shm/<name>, the stub's second argument).
+
+    The Python backend grows a stub's region to fit the largest tensors it has exchanged and
+    never shrinks it (tritonserver 2.51), so after a request with many classes it holds that
+    request's inputs and outputs; PSS counts it half in the stub, half in tritonserver."""
+    try:
+        argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+        return (Path("/dev/shm") / argv[2].decode()).stat().st_size
+    except (OSError, IndexError, UnicodeDecodeError):
+        return 0
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -8,13 +8,23 @@ was removed, and model readiness reflects the stub's health only in later releas
 notice, so nothing restarts it.
 
 What the watchdog does: every ``poll_s`` it reads /proc (escnet_export.server_processes). When a
-model that had live stub processes has lost one, it asks the server to load that model again
-through the model repository API (``POST /v2/repository/models/<model>/load``), which starts new
-processes for it and reloads the ensembles that use it: in 0.6 s for an aggregator on this
-machine. While the load runs the model is not ready, so /v2/health/ready answers 503 (strict
-readiness). If a model cannot be brought back (``max_failures`` failed loads in a row), the
-watchdog stops trying: the model then stays UNAVAILABLE and the server not-ready, which is the
-signal for an orchestrator to restart the container.
+model that had live stub processes has lost one, and no new process replaced it (a reload), it
+unloads the model and loads it again through the model repository API (``POST
+/v2/repository/models/<model>/unload``, then ``.../load``; a load alone of a model Triton still
+counts as loaded does nothing), which starts new processes for it and reloads the ensembles that
+use it: 0.5 s for an aggregator on this machine. Between the two calls the model, its ensembles
+and the server report not ready (strict readiness). If a model cannot be brought back
+(``max_failures`` failed loads in a row), the watchdog stops trying: the model then stays
+unavailable and the server not-ready, which is the signal for an orchestrator to restart it.
+
+It also gives memory back: the Python backend grows each step's shared-memory region to the
+largest tensors the step has exchanged and never shrinks it, so a request with many classes
+leaves its tensors' worth of memory behind (a T=150 catseg request left 0.7 GiB). When the server
+has been idle (no process of it used CPU) for ``reclaim_after_s`` and a step's region exceeds
+``reclaim_above_bytes``, the watchdog reloads that step in place: a load with the step's own
+config and a new ``reload_token`` parameter, which Triton serves through (new instances first,
+the old ones unloaded when their requests are done), and the new process starts with a fresh
+region. ``reclaim_after_s = 0`` turns reclaiming off.
 
 The repository API needs ``--model-control-mode=explicit`` (with ``--load-model=*`` to load every
 model at start), which the server launcher sets. Standard library only.
@@ -32,20 +42,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 try:  # as part of the package, or as a sibling module when triton_server.py runs as a plain script
-    from escnet_export.server_processes import is_alive, step_pids
+    from escnet_export.server_processes import (
+        cpu_seconds,
+        is_alive,
+        server_processes,
+        shm_region_bytes,
+        step_pids,
+    )
 except ImportError:  # pragma: no cover - plain-script use
-    from server_processes import is_alive, step_pids  # type: ignore[no-redef]
+    from server_processes import (  # type: ignore[no-redef]
+        is_alive,
+        step_pids,
+    )
 
 
 @dataclass
 class Recovery:
-    """One dead step and what the watchdog did about it."""
+    """One reload by the watchdog: a dead step brought back, or an idle step's memory reclaimed."""
 
     model: str
     dead_pids: list[int]
     reloaded: bool
     seconds: float
     error: str = ""
+    reason: str = "died"  # "died" or "reclaim"
+    region_bytes: int = 0  # the shared-memory region given back (reclaim)
 
 
 def _log(message: str) -> None:
@@ -60,10 +81,14 @@ class StepWatchdog:
     http_url: str  # host:port of the HTTP endpoint
     poll_s: float = 0.5
     max_failures: int = 3
+    reclaim_after_s: float = 30.0  # idle time before shared-memory regions are given back; 0: never
+    reclaim_above_bytes: int = 64 << 20
     log: Callable[[str], None] = _log
     recoveries: list[Recovery] = field(default_factory=list)
     _known: dict[str, set[int]] = field(default_factory=dict, repr=False)
     _failures: dict[str, int] = field(default_factory=dict, repr=False)
+    _cpu: float = field(default=-1.0, repr=False)
+    _idle_since: float = field(default_factory=time.monotonic, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -77,38 +102,99 @@ class StepWatchdog:
         return sum(len(pids) for pids in self._known.values())
 
     def check(self) -> list[Recovery]:
-        """One pass: reload every model that lost a stub process since the last pass."""
+        """One pass: reload every model that lost a stub process since the last pass, then give
+        back the shared memory of idle steps."""
         alive = step_pids(self.server_pid)
         done = []
         for model, pids in sorted(self._known.items()):
             if self._failures.get(model, 0) >= self.max_failures:
                 continue  # given up: the model stays unavailable, the server not-ready
-            dead = sorted(pids - alive.get(model, set()))
+            current = alive.get(model, set())
+            dead = sorted(pids - current)
             if not dead:
                 continue
-            recovery = self.reload(model, dead)
-            done.append(recovery)
-        if done:
-            self._known.update({m: p for m, p in step_pids(self.server_pid).items() if m in self._known})
-        return done
+            if current - pids:  # new processes replaced it: someone reloaded the model
+                self._known[model] = current
+                continue
+            done.append(self.reload(model, dead))
+        return done + self.reclaim()
 
-    def reload(self, model: str, dead: list[int]) -> Recovery:
-        self.log(f"{model}: process {', '.join(map(str, dead))} died; loading the model again")
-        start = time.monotonic()
+    def reclaim(self) -> list[Recovery]:
+        """Reload the step whose shared-memory region outgrew reclaim_above_bytes the most, once
+        the server has been idle (under 1 % of a core in all its processes) for reclaim_after_s."""
+        if self.reclaim_after_s <= 0:
+            return []
+        processes = server_processes(self.server_pid)
+        cpu = sum(cpu_seconds(p.pid) for p in processes)
+        now = time.monotonic()
+        if self._cpu < 0 or cpu - self._cpu > 0.01 * self.poll_s:
+            self._idle_since = now  # something ran since the last pass
+        self._cpu = cpu
+        if now - self._idle_since < self.reclaim_after_s:
+            return []
+        regions = {p.model: shm_region_bytes(p.pid) for p in processes[1:]}
+        grown = [(size, model) for model, size in regions.items() if size > self.reclaim_above_bytes]
+        if not grown:
+            return []
+        size, model = max(grown)
+        recovery = self.reload(model, [], reason="reclaim", region_bytes=size)
+        self._cpu = -1.0  # the reload itself used CPU: measure idleness afresh
+        return [recovery]
+
+    def _call(self, model: str, action: str, body: dict | None = None) -> str:
+        """POST /v2/repository/models/<model>/<action>; the error text, or "" when it worked."""
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/models/{model}/load", data=b"{}", method="POST"
+            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            data=json.dumps(body or {}).encode(),
+            method="POST",
         )
-        error = ""
         try:
             with urllib.request.urlopen(request, timeout=600) as response:
                 response.read()
         except urllib.error.HTTPError as failure:
-            error = f"HTTP {failure.code}: {failure.read().decode(errors='replace')[:300]}"
+            return f"{action}: HTTP {failure.code}: {failure.read().decode(errors='replace')[:300]}"
         except OSError as failure:
-            error = str(failure)
+            return f"{action}: {failure}"
+        return ""
+
+    def _load_in_place(self, model: str) -> str:
+        """Reload a live model without a gap: a load with its own config plus a new ``reload_token``
+        parameter is a change to Triton, which loads the new instances, moves traffic to them and
+        unloads the old ones after their requests finish (seen here: a request in flight across such
+        a reload was answered)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.http_url}/v2/models/{model}/config", timeout=30
+            ) as response:
+                config = json.loads(response.read())
+        except (OSError, ValueError) as failure:
+            return f"config: {failure}"
+        config.setdefault("parameters", {})["reload_token"] = {"string_value": f"{time.time():.3f}"}
+        return self._call(model, "load", {"parameters": {"config": json.dumps(config)}})
+
+    def reload(self, model: str, dead: list[int], reason: str = "died", region_bytes: int = 0) -> Recovery:
+        """Unload the model, load it again, and learn its new processes."""
+        if reason == "died":
+            self.log(f"{model}: process {', '.join(map(str, dead))} died; loading the model again")
+        else:
+            self.log(f"{model}: idle with {region_bytes / 2**20:.0f} MiB of shared memory; reloading it")
+        before = step_pids(self.server_pid).get(model, set())
+        start = time.monotonic()
+        if reason == "died":
+            # Unload, then load: a load alone of a model Triton still counts as loaded does nothing.
+            error = self._call(model, "unload") or self._call(model, "load")
+        else:
+            error = self._load_in_place(model)
         seconds = time.monotonic() - start
+        self._known[model] = step_pids(self.server_pid).get(model, set()) - before
         recovery = Recovery(
-            model=model, dead_pids=dead, reloaded=not error, seconds=round(seconds, 2), error=error
+            model=model,
+            dead_pids=dead,
+            reloaded=not error,
+            seconds=round(seconds, 2),
+            error=error,
+            reason=reason,
+            region_bytes=region_bytes,
         )
         self.recoveries.append(recovery)
         if error:
@@ -171,13 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-url", required=True, help="host:port of the server's HTTP endpoint")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between checks")
     parser.add_argument("--ready-timeout", type=float, default=3600, help="wait this long for readiness")
+    parser.add_argument(
+        "--reclaim-after",
+        type=float,
+        default=30.0,
+        help="idle seconds before memory is given back (0: never)",
+    )
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.ready_timeout
     while not _server_ready(args.http_url):
         if not is_alive(args.server_pid) or time.monotonic() > deadline:
             return 0  # the server never came up: nothing to watch (serve.sh reports why)
         time.sleep(0.5)
-    watchdog = StepWatchdog(server_pid=args.server_pid, http_url=args.http_url, poll_s=args.poll)
+    watchdog = StepWatchdog(
+        server_pid=args.server_pid,
+        http_url=args.http_url,
+        poll_s=args.poll,
+        reclaim_after_s=args.reclaim_after,
+    )
     watchdog.snapshot()
     _log(f"watching {watchdog.watched} step processes of server {args.server_pid}")
     while is_alive(args.server_pid):

@@ -517,6 +517,7 @@ class TritonServer:
     exit_timeout_s: int | None = None
     kill_with_parent: bool = True
     watchdog: bool = True  # reload a model whose step process died (escnet_export.step_watchdog)
+    reclaim_after_s: float = 30.0  # the watchdog gives idle steps' shared memory back; 0: never
     startup_s: float | None = field(default=None, init=False)
     _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _watchdog: Any = field(default=None, init=False, repr=False)
@@ -578,7 +579,9 @@ class TritonServer:
                     from escnet_export.step_watchdog import StepWatchdog
 
                     self._watchdog = StepWatchdog(
-                        server_pid=self._process.pid, http_url=self.http_url
+                        server_pid=self._process.pid,
+                        http_url=self.http_url,
+                        reclaim_after_s=self.reclaim_after_s,
                     ).start()
                 return self
             if time.monotonic() > deadline:

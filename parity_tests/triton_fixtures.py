@@ -144,6 +144,9 @@ def triton_server(request: pytest.FixtureRequest) -> Iterator[object]:
         model_repository=triton_repository,
         log_path=triton_repository.parent / "tritonserver.log",
         exit_timeout_s=10,
+        # No memory reclaim between tests: a request arriving while an idle step is being reloaded
+        # would be refused as unavailable. test_resilience.py turns it on for its own test.
+        reclaim_after_s=0,
     )
     server.start(timeout_s=SERVER_START_TIMEOUT_S)
     rss_gib = server.server_rss_bytes() / 2**30

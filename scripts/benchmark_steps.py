@@ -1,126 +1,224 @@
-"""Before/after figures for the Python steps' optimisations, in-process (no server).
+"""The served Python steps (numpy, escnet_export.steps) against the PyTorch reference they stand in
+for, in-process (no server).
 
-    python scripts/benchmark_steps.py [--classes 20 150] [--runs 5]
+    python scripts/benchmark_steps.py [--runs 3] [--protocol catseg_eval] [--torch-threads N]
 
-Each row times the straightforward way ("before") and the way the steps do it ("after") on the
-same inputs, checks that both give the same answer, and prints the medians:
-- pseudo points: one call per class map [1, 1, 24, 24] (a loop over T), against one call over all
-  T maps at once (escnet.pseudo_prompts is vectorised over maps; steps.pseudo_points feeds it all);
-- labels: torch's ``argmax(dim=0)`` over the [T, 512, 512] probabilities, against the running
-  maximum of ``steps.class_labels``;
-- pseudo points, numpy: the torch step ``steps.pseudo_points`` on SCORE [5, T, 24, 24], against
-  the torch-free port ``numpy_pseudo_points.pseudo_points`` (same bits).
-The inputs are random (score maps from a normal distribution, probabilities from the sigmoid of
-random logits merged as postprocess does); the time of both steps depends on shapes, not values.
-
-Writes artifacts/benchmarks/steps.json.
+Rows (printed, nothing asserted; medians of --runs calls after one untimed call):
+- pseudo points: escnet.pseudo_prompts.generate_pseudo_prompts (torch) on SCORE [5, T, 24, 24]
+  against the served numpy step (the same bits, checked), for T = 20 and 150;
+- preprocess: the shortest-edge resize (PIL, shared) and the views, escnet.image_views.make_views
+  (torch) against escnet_export.numpy_views.make_views, for a 480x640 and a 1280x1280 image;
+- postprocess: merge_views and the labels (the running maximum over the class planes, as export/
+  steps.py computed it in torch, against numpy_views.class_labels) for T = 20 and 150 classes, on
+  a 480x640 and a 1024x768 (H x W) image.
+Then the memory of one postprocess at T = 150 on 1024x768: numpy's peak traced by tracemalloc
+(every numpy buffer is traced), and for both the rise of the peak resident set (VmHWM - VmRSS
+before the call) in a fresh subprocess, next to the size of the result (SCORES + LABELS).
+The inputs are random; the times depend on shapes, not values.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import subprocess
+import sys
 import time
+import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from escnet.config import MODEL_CONFIGS
-from escnet.image_views import merge_views, plan_views
-from escnet_export import numpy_pseudo_points, steps
+from escnet import image_views
+from escnet.config import PROTOCOLS
+from escnet.pseudo_prompts import generate_pseudo_prompts
+from escnet.registry import MODEL_CONFIGS
+from escnet.view_plan import plan_views, resize_shortest_edge
+from escnet_export import numpy_views, steps
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "artifacts" / "benchmarks" / "steps.json"
-CONFIG = MODEL_CONFIGS["escnet_vitb16_384"]
+MODEL = "catseg_vitb16_384"
+PREPROCESS_SIZES = [(480, 640), (1280, 1280)]
+POSTPROCESS_CASES = [(20, 480, 640), (150, 480, 640), (20, 1024, 768), (150, 1024, 768)]
+MEMORY_CASE = (150, 1024, 768)
+
+# Run in a fresh interpreter: peak RSS rise of one postprocess, torch or numpy.
+MEMORY_PROBE = """
+import sys
+import numpy as np
+from escnet.config import PROTOCOLS
+from escnet.view_plan import plan_views
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+engine, protocol, classes, height, width = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+plan = plan_views(height, width, PROTOCOLS[protocol])
+logits = np.random.default_rng(0).standard_normal((plan.num_views, classes, 96, 96)).astype(np.float32)
+if engine == 'torch':
+    import torch
+    from escnet.image_views import merge_views
+    torch.set_num_threads(int(sys.argv[6]))
+    def class_labels(probabilities):
+        best = probabilities[0].clone()
+        labels = torch.zeros(best.shape, dtype=torch.int32)
+        for index in range(1, probabilities.shape[0]):
+            labels.masked_fill_(probabilities[index] > best, index)
+            torch.maximum(best, probabilities[index], out=best)
+        return labels
+    def run():
+        probabilities = merge_views(torch.from_numpy(logits), plan)
+        return class_labels(probabilities).numpy(), probabilities.numpy()
+else:
+    from escnet_export.numpy_views import class_labels, merge_views
+    def run():
+        probabilities = merge_views(logits, plan)
+        return class_labels(probabilities), probabilities
+before = status('VmRSS')
+labels, scores = run()
+print(status('VmHWM') - before, labels.nbytes + scores.nbytes)
+"""
 
 
-def median_seconds(work: Callable[[], object], runs: int) -> tuple[float, object]:
-    result = work()  # untimed first call
+def torch_class_labels(probabilities: torch.Tensor) -> torch.Tensor:
+    """[T, H, W] -> [H, W] int32: the torch running maximum export/steps.py used before numpy."""
+    best = probabilities[0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.int32)
+    for index in range(1, probabilities.shape[0]):
+        plane = probabilities[index]
+        labels.masked_fill_(plane > best, index)
+        torch.maximum(best, plane, out=best)
+    return labels
+
+
+def median_seconds(work: Callable[[], object], runs: int) -> float:
+    work()  # untimed first call
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        result = work()
+        work()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return statistics.median(times)
 
 
-def pseudo_points_row(classes: int, runs: int) -> dict:
-    """SCORE [1, T, G, G] (G = 24): per-class calls against one call."""
-    grid = CONFIG.clip.grid
-    score = np.random.default_rng(classes).standard_normal((1, classes, grid, grid)).astype(np.float32)
+def preprocess_row(height: int, width: int, protocol: str, runs: int) -> str:
+    config = MODEL_CONFIGS[MODEL].with_protocol(PROTOCOLS[protocol])
+    pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
-    def per_class() -> dict[str, np.ndarray]:
-        parts = [steps.pseudo_points(score[:, t : t + 1], CONFIG) for t in range(classes)]
-        return {name: np.concatenate([p[name] for p in parts], axis=1) for name in parts[0]}
+    def with_torch() -> np.ndarray:
+        plan = plan_views(height, width, config.protocol)
+        resized = torch.from_numpy(resize_shortest_edge(pixels, config.protocol))
+        return image_views.make_views(resized, plan, config).numpy()
 
-    before, looped = median_seconds(per_class, runs)
-    after, vectorised = median_seconds(lambda: steps.pseudo_points(score, CONFIG), runs)
-    same = all(np.array_equal(looped[n], vectorised[n]) for n in vectorised)  # type: ignore[index]
-    return {"step": "pseudo points", "classes": classes, "before_s": before, "after_s": after, "same": same}
+    def with_numpy() -> np.ndarray:
+        plan = plan_views(height, width, config.protocol)
+        return numpy_views.make_views(resize_shortest_edge(pixels, config.protocol), plan, config)
 
-
-def labels_row(classes: int, runs: int) -> dict:
-    """PROBABILITIES [T, 512, 512] (one 384 view merged as postprocess does): argmax vs running max."""
-    generator = torch.Generator().manual_seed(classes)
-    logits = torch.randn(1, classes, 4 * CONFIG.clip.grid, 4 * CONFIG.clip.grid, generator=generator)
-    plan = plan_views(512, 512, CONFIG)
-    probabilities = merge_views(logits, plan)
-    before, argmax = median_seconds(lambda: probabilities.argmax(dim=0).to(torch.int32), runs)
-    after, running = median_seconds(lambda: steps.class_labels(probabilities), runs)
-    same = torch.equal(argmax, running)  # type: ignore[arg-type]
-    return {"step": "labels", "classes": classes, "before_s": before, "after_s": after, "same": same}
+    error = float(np.abs(with_torch() - with_numpy()).max())
+    torch_s, numpy_s = median_seconds(with_torch, runs), median_seconds(with_numpy, runs)
+    return row(f"preprocess {height}x{width}", torch_s, numpy_s, error)
 
 
-def numpy_pseudo_points_row(classes: int, runs: int, batch: int = 5) -> dict:
-    """SCORE [5, T, G, G] (G = 24): the torch step against the numpy port."""
-    grid = CONFIG.clip.grid
-    score = np.random.default_rng(classes).standard_normal((batch, classes, grid, grid)).astype(np.float32)
-    before, torch_out = median_seconds(lambda: steps.pseudo_points(score, CONFIG), runs)
-    after, numpy_out = median_seconds(
-        lambda: numpy_pseudo_points.pseudo_points(score, CONFIG.clip.image_size, CONFIG.pseudo_prompts), runs
-    )
-    same = all(np.array_equal(torch_out[n], numpy_out[n]) for n in torch_out)  # type: ignore[index]
-    return {
-        "step": "points numpy",
-        "classes": classes,
-        "batch": batch,
-        "before_s": before,
-        "after_s": after,
-        "same": same,
-    }
+def postprocess_row(classes: int, height: int, width: int, protocol: str, runs: int) -> str:
+    plan = plan_views(height, width, PROTOCOLS[protocol])
+    shape = (plan.num_views, classes, 96, 96)
+    logits = np.random.default_rng(classes).standard_normal(shape).astype(np.float32)
+
+    def with_torch() -> tuple[np.ndarray, np.ndarray]:
+        probabilities = image_views.merge_views(torch.from_numpy(logits), plan)
+        return torch_class_labels(probabilities).numpy(), probabilities.numpy()
+
+    def with_numpy() -> tuple[np.ndarray, np.ndarray]:
+        probabilities = numpy_views.merge_views(logits, plan)
+        return numpy_views.class_labels(probabilities), probabilities
+
+    error = float(np.abs(with_torch()[1] - with_numpy()[1]).max())
+    torch_s, numpy_s = median_seconds(with_torch, runs), median_seconds(with_numpy, runs)
+    return row(f"postprocess T={classes} {height}x{width}", torch_s, numpy_s, error)
+
+
+def pseudo_points_row(classes: int, runs: int, views: int = 5) -> str:
+    """SCORE [5, T, 24, 24]: the torch reference against the numpy step, which must match it bit for bit."""
+    config = MODEL_CONFIGS["escnet_vitb16_384"]
+    grid = config.clip.grid
+    score = np.random.default_rng(classes).standard_normal((views, classes, grid, grid)).astype(np.float32)
+
+    def with_torch() -> np.ndarray:
+        maps = torch.from_numpy(score).reshape(views * classes, grid, grid)
+        prompts = generate_pseudo_prompts(
+            maps, image_size=config.clip.image_size, config=config.pseudo_prompts
+        )
+        return prompts.points.reshape(views, classes, -1, 2).float().numpy()
+
+    def with_numpy() -> np.ndarray:
+        return steps.pseudo_points(score, config)["POINTS"]
+
+    error = float(np.abs(with_torch() - with_numpy()).max())
+    torch_s, numpy_s = median_seconds(with_torch, runs), median_seconds(with_numpy, runs)
+    return row(f"pseudo points B=5 T={classes}", torch_s, numpy_s, error)
+
+
+def row(name: str, torch_s: float, numpy_s: float, error: float) -> str:
+    ratio = numpy_s / torch_s
+    return f"{name:32s} {torch_s * 1e3:9.1f} {numpy_s * 1e3:9.1f} {ratio:7.2f}x {error:10.3g}"
+
+
+def traced_peak(classes: int, height: int, width: int, protocol: str) -> tuple[int, int]:
+    """numpy postprocess: (tracemalloc peak, bytes of LABELS + SCORES)."""
+    plan = plan_views(height, width, PROTOCOLS[protocol])
+    shape = (plan.num_views, classes, 96, 96)
+    logits = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    tracemalloc.start()
+    probabilities = numpy_views.merge_views(logits, plan)
+    labels = numpy_views.class_labels(probabilities)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, probabilities.nbytes + labels.nbytes
+
+
+def rss_rise(
+    engine: str, classes: int, height: int, width: int, protocol: str, threads: int
+) -> tuple[int, int]:
+    args = [engine, protocol, str(classes), str(height), str(width), str(threads)]
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {engine} memory probe failed:\n{done.stderr}")
+    rise, result = (int(v) for v in done.stdout.split())
+    return rise, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", nargs="+", type=int, default=[20, 150])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--protocol", default="catseg_eval", choices=sorted(PROTOCOLS))
+    parser.add_argument("--torch-threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = []
-    print(f"{'step':14s} {'T':>4s} {'before':>9s} {'after':>9s} {'speed-up':>9s}  same answer")
-    for classes in args.classes:
-        rows_of_t = (
-            pseudo_points_row(classes, args.runs),
-            labels_row(classes, args.runs),
-            numpy_pseudo_points_row(classes, args.runs),
-        )
-        for row in rows_of_t:
-            rows.append(row)
-            before_ms, after_ms = row["before_s"] * 1000, row["after_s"] * 1000
-            print(
-                f"{row['step']:14s} {classes:4d} {before_ms:7.1f}ms {after_ms:7.1f}ms"
-                f" {before_ms / after_ms:8.1f}x  {row['same']}",
-                flush=True,
-            )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    record = {"threads": args.threads, "runs": args.runs, "load_average": os.getloadavg(), "rows": rows}
-    OUT.write_text(json.dumps(record, indent=2))
-    print(f"wrote {OUT}")
+    torch.set_num_threads(args.torch_threads)
+    print(f"protocol {args.protocol}, torch threads {torch.get_num_threads()}, numpy single-threaded")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"{'step':32s} {'torch ms':>9s} {'numpy ms':>9s} {'ratio':>8s} {'max |diff|':>10s}")
+    for classes in (20, 150):
+        print(pseudo_points_row(classes, args.runs), flush=True)
+    for height, width in PREPROCESS_SIZES:
+        print(preprocess_row(height, width, args.protocol, args.runs), flush=True)
+    for classes, height, width in POSTPROCESS_CASES:
+        print(postprocess_row(classes, height, width, args.protocol, args.runs), flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end of the timings")
+    classes, height, width = MEMORY_CASE
+    mib = 1 << 20
+    peak, result = traced_peak(classes, height, width, args.protocol)
+    print(
+        f"\nmemory, postprocess T={classes} {height}x{width}: result (SCORES + LABELS) {result / mib:.0f} MiB"
+        f"\n  numpy tracemalloc peak {peak / mib:.0f} MiB ({(peak - result) / mib:.0f} MiB beyond the result)"
+    )
+    for engine in ("numpy", "torch"):
+        rise, _ = rss_rise(engine, classes, height, width, args.protocol, args.torch_threads)
+        beyond = (rise - result) / mib
+        print(f"  {engine} peak RSS rise {rise / mib:.0f} MiB ({beyond:.0f} MiB beyond the result)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@
 # - libcudart.so.12, which the binary links even on a CPU: PyPI's nvidia-cuda-runtime-cu12,
 #   installed into build/perf_libs (not the venv, where torch has its own CUDA runtime).
 # Writes artifacts/perf/perf.csv, perf.png and perf_machine.json (see scripts/perf_sweep.py).
+#
+# Every point is kept: one perf_analyzer could not stabilise (it exits 2 for it and writes no report)
+# is recorded from the windows it printed, with stable=false and the reason in perf.csv's note column;
+# one that failed (server error, --point-timeout) is recorded with its reason. perf.csv is rewritten
+# after each point. Stability defaults for a 2-core machine at seconds to minutes a request, each
+# explained in perf_sweep.py: --measurement-mode count_windows --requests 3 (per client and window)
+# --stability-percentage 40 --max-trials 4 --point-timeout 1800; e.g. a quick look at one point:
+#   scripts/perf.sh --ensembles catseg --classes 2 --concurrency 1 --requests 1 --out /tmp/perf
+# Exit status: perf_sweep.py's, 0 unless a point failed outright (unstable points do not count).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

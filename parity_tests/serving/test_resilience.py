@@ -29,7 +29,13 @@ skimage_data = pytest.importorskip("skimage.data")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from escnet_export.contract import CLASS_NAMES, IMAGE, LABELS  # noqa: E402
-from escnet_export.server_processes import is_alive, step_pids  # noqa: E402
+from escnet_export.server_processes import (  # noqa: E402
+    is_alive,
+    pss_bytes,
+    server_processes,
+    shm_region_bytes,
+    step_pids,
+)
 from escnet_export.triton_config import model_name  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -84,7 +90,7 @@ def test_a_killed_step_process_is_brought_back(
         seen.append(f"{time.monotonic() - killed_at:.2f}s ready={ready}")
         time.sleep(0.1)
     assert len(watchdog.recoveries) > recoveries_before, f"{step} was not reloaded: {seen[-5:]}"
-    recovery = watchdog.recoveries[-1]
+    recovery = [r for r in watchdog.recoveries[recoveries_before:] if r.reason == "died"][-1]
     assert recovery.model == step and pid in recovery.dead_pids and recovery.reloaded, recovery
     while not http_client.is_server_ready() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -165,4 +171,50 @@ def test_a_cancelled_request_stops_at_its_next_step(
         f"gave up (alone it takes {small_s:.1f} s), so the cancelled request cost about "
         f"{max(0.0, after_s - small_s):.1f} s more; composing executions when it gave up: {executions}; "
         f"steps that answered with an error since the session began: {failed}"
+    )
+
+
+def test_idle_steps_give_their_shared_memory_back(
+    triton_server: Any, http_client: Any, chelsea: np.ndarray, expected_labels: np.ndarray
+) -> None:
+    """A request with many classes grows the steps' shared-memory regions (the Python backend never
+    shrinks them); once the server is idle the watchdog reloads those steps with fresh regions."""
+    watchdog = triton_server.step_watchdog
+    names = [f"object number {i}" for i in range(60)]
+    request(http_client, chelsea, names)
+
+    def regions() -> dict[str, int]:
+        return {p.model: shm_region_bytes(p.pid) for p in server_processes(triton_server.pid)[1:]}
+
+    def total_pss() -> int:
+        return sum(pss_bytes(p.pid) for p in server_processes(triton_server.pid))
+
+    grown = {m: size for m, size in regions().items() if size > watchdog.reclaim_above_bytes}
+    assert grown, f"no step's region grew past {watchdog.reclaim_above_bytes} bytes: {regions()}"
+    pss_before = total_pss()
+    first = len(watchdog.recoveries)
+    watchdog.reclaim_after_s = 2.0
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S + 30 * len(grown)
+    try:
+        while time.monotonic() < deadline:
+            reclaimed = {r.model for r in watchdog.recoveries[first:] if r.reason == "reclaim"}
+            if set(grown) <= reclaimed:
+                break
+            time.sleep(0.5)
+    finally:
+        watchdog.reclaim_after_s = 0.0
+    reclaimed_runs = [r for r in watchdog.recoveries[first:] if r.reason == "reclaim"]
+    assert set(grown) <= {r.model for r in reclaimed_runs}, (grown, reclaimed_runs)
+    assert all(r.reloaded for r in reclaimed_runs), reclaimed_runs
+    while not http_client.is_server_ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {m: size for m, size in regions().items() if size > watchdog.reclaim_above_bytes}
+    assert not left, left
+    pss_after = total_pss()
+    np.testing.assert_array_equal(request(http_client, chelsea, NAMES), expected_labels)
+    print(
+        f"\nreclaimed {len(reclaimed_runs)} steps' shared memory "
+        f"({sum(r.region_bytes for r in reclaimed_runs) / 2**20:.0f} MiB of regions) in "
+        f"{sum(r.seconds for r in reclaimed_runs):.1f} s of reloads; server PSS "
+        f"{pss_before / 2**30:.2f} -> {pss_after / 2**30:.2f} GiB"
     )
