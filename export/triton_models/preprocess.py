@@ -33,7 +33,7 @@ class TritonPythonModel(StepModel):
     def setup(self, args: dict[str, Any]) -> None:
         self.tokenizer = steps.clip_tokenizer(self.config)
         self.budget = resolve_budget(self.parameters.get("memory_budget_gib"))
-        self.graph_steps = [s.name for s in step_specs(self.config).values()]
+        self.chain_steps = list(step_specs(self.config).values())
         self.chunk_sizes = {
             f"{name}_per_run": int(self.parameters[f"{name}_per_run"])
             for name in ("views", "classes", "texts")
@@ -64,6 +64,6 @@ class TritonPythonModel(StepModel):
             width=width,
             **self.chunk_sizes,
         )
-        estimate = estimate_request_memory(self.graph_steps, shape)
+        estimate = estimate_request_memory(self.chain_steps, shape)
         check_memory_budget(estimate, self.budget, len(names), height, width)
         return steps.preprocess(image, self.config)
