@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> None:
         "--texts-per-run", type=int, default=DEFAULT_CHUNKS.texts, help="texts per text-encoder run"
     )
     parser.add_argument(
+        "--memory-budget",
+        default="auto",
+        metavar="GIB",
+        help="one request's memory budget in GiB, or auto (half the machine's memory); see README, Memory",
+    )
+    parser.add_argument(
         "--protocol",
         choices=sorted(PROTOCOLS),
         default=DEFAULT_PROTOCOL.name,
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             chunks=RunChunks(
                 views=args.views_per_run, classes=args.classes_per_run, texts=args.texts_per_run
             ),
+            memory_budget_gib=str(args.memory_budget),
         ),
         protocol=named_protocol(args.protocol, args.synonyms),
     )

@@ -120,8 +120,9 @@ class StepWatchdog:
         return done + self.reclaim()
 
     def reclaim(self) -> list[Recovery]:
-        """Reload the step whose shared-memory region outgrew reclaim_above_bytes the most, once
-        the server has been idle (under 1 % of a core in all its processes) for reclaim_after_s."""
+        """Reload, in place, every step whose shared-memory region outgrew reclaim_above_bytes,
+        once the server has been idle (under 1 % of a core in all its processes) for
+        reclaim_after_s; largest region first."""
         if self.reclaim_after_s <= 0:
             return []
         processes = server_processes(self.server_pid)
@@ -133,13 +134,14 @@ class StepWatchdog:
         if now - self._idle_since < self.reclaim_after_s:
             return []
         regions = {p.model: shm_region_bytes(p.pid) for p in processes[1:]}
-        grown = [(size, model) for model, size in regions.items() if size > self.reclaim_above_bytes]
-        if not grown:
-            return []
-        size, model = max(grown)
-        recovery = self.reload(model, [], reason="reclaim", region_bytes=size)
-        self._cpu = -1.0  # the reload itself used CPU: measure idleness afresh
-        return [recovery]
+        grown = sorted(
+            ((size, model) for model, size in regions.items() if size > self.reclaim_above_bytes),
+            reverse=True,
+        )
+        done = [self.reload(model, [], reason="reclaim", region_bytes=size) for size, model in grown]
+        if done:
+            self._cpu = -1.0  # the reloads used CPU: measure idleness afresh
+        return done
 
     def _call(self, model: str, action: str, body: dict | None = None) -> str:
         """POST /v2/repository/models/<model>/<action>; the error text, or "" when it worked."""

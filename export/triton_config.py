@@ -20,6 +20,7 @@ from escnet_export.contract import (
     TensorSpec,
     step_specs,
 )
+from escnet_export.memory_model import resolve_budget
 from escnet_export.runners import DEFAULT_CHUNKS, RunChunks
 
 RUNTIMES = ("onnxruntime", "tensorrt")
@@ -100,6 +101,7 @@ class GraphServing:
     def __post_init__(self) -> None:
         if self.instances < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError(f"instances and threads must be >= 1, got {self}")
+        resolve_budget(self.memory_budget_gib)  # "auto" or a positive number of GiB, else ValueError
 
 
 DEFAULT_SERVING = GraphServing()
