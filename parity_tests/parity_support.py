@@ -71,6 +71,23 @@ def medsam_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
+def assert_runs_without_torch(code: str) -> None:
+    """Run ``code`` in a fresh interpreter; it must finish and import neither torch nor open_clip
+    (the served Python steps' promise: each is a process of its own, and torch costs ~1 GiB)."""
+    import subprocess
+    import sys
+
+    check = (
+        "\nimport sys\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip'))\n"
+        "assert not heavy, heavy\n"
+        "print('torch-free')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("torch-free"), done.stdout
+
+
 def read_vocabulary(path: Path = VOCABULARY_FILE) -> list[str]:
     """One class name a line (commas: synonyms); blank lines and ``#`` comments skipped."""
     lines = (line.strip() for line in path.read_text().splitlines())
