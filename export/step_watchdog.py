@@ -69,6 +69,12 @@ class Recovery:
     region_bytes: int = 0  # the shared-memory region given back (reclaim)
 
 
+# Idle: all the server's processes together used less than this share of one core since the last
+# pass. An idle server's threads (the stubs' health checks, the server's own) stay far below it;
+# a request in flight keeps at least one core busy.
+IDLE_CPU_SHARE = 0.1
+
+
 def _log(message: str) -> None:
     print(f"step watchdog: {message}", file=sys.stderr, flush=True)
 
@@ -121,14 +127,14 @@ class StepWatchdog:
 
     def reclaim(self) -> list[Recovery]:
         """Reload, in place, every step whose shared-memory region outgrew reclaim_above_bytes,
-        once the server has been idle (under 1 % of a core in all its processes) for
+        once the server has been idle (under IDLE_CPU_SHARE of a core in all its processes) for
         reclaim_after_s; largest region first."""
         if self.reclaim_after_s <= 0:
             return []
         processes = server_processes(self.server_pid)
         cpu = sum(cpu_seconds(p.pid) for p in processes)
         now = time.monotonic()
-        if self._cpu < 0 or cpu - self._cpu > 0.01 * self.poll_s:
+        if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
             self._idle_since = now  # something ran since the last pass
         self._cpu = cpu
         if now - self._idle_since < self.reclaim_after_s:
