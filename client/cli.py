@@ -26,7 +26,7 @@ from escnet_client.render import labels_image, render_overlay
 from escnet_client.result import SegmentationResult
 from escnet_client.sdk import SegmentationClient
 from escnet_client.wire import DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, PROTOCOLS
-from escnet_export.build_repository import DEFAULT_VARIANTS
+from escnet_export.contract import DEFAULT_VARIANTS
 
 PROG = "segment"
 EXIT_OK = 0

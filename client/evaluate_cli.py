@@ -26,7 +26,7 @@ from escnet_client.eval_backends import Backend, ReferenceBackend, ServedBackend
 from escnet_client.eval_report import output_paths, report, write_report
 from escnet_client.eval_runner import EvaluationAborted, EvaluationRun, evaluate
 from escnet_client.wire import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, PROTOCOLS
-from escnet_export.build_repository import DEFAULT_VARIANTS
+from escnet_export.contract import DEFAULT_VARIANTS
 
 PROG = "escnet-evaluate"
 EXIT_OK = 0

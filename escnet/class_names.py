@@ -30,7 +30,7 @@ def split_synonyms(class_name: str, rule: str = "first") -> list[str]:
         synonyms = [part.strip() for part in class_name.split(",")]
     else:
         raise ValueError(f"synonym rule must be 'first' or 'average', got {rule!r}")
-    synonyms = [part for part in synonyms if part.strip()]
+    synonyms = [part for part in synonyms if part.replace(",", " ").strip()]  # not blanks and commas only
     if not synonyms:
         raise ValueError(f"class name {class_name!r} is empty")
     return synonyms

@@ -55,9 +55,6 @@ class ViewPlan:
         return cls(*values[:4], bool(values[4]), *values[5:])  # type: ignore[arg-type]
 
 
-VIEW_PLAN_LENGTH = len(fields(ViewPlan))
-
-
 def shortest_edge_size(height: int, width: int, protocol: InferenceProtocol) -> tuple[int, int]:
     """(height, width) after the shortest-edge resize: detectron2's ResizeShortestEdge arithmetic."""
     size = float(protocol.shortest_edge)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
 from escnet.config import resolve_protocol as named_protocol
-from escnet_export.contract import graph_names, step_specs
+from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
 from escnet_export.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_config import (
     DEFAULT_SERVING,
@@ -31,7 +31,6 @@ from escnet_export.triton_config import (
 
 DEFAULT_REPOSITORY = Path("model_repository")
 DEFAULT_ONNX_DIR = Path("artifacts/onnx")
-DEFAULT_VARIANTS = {"escnet": "escnet_vitb16_384", "catseg": "catseg_vitb16_384"}
 
 
 @dataclass(frozen=True)

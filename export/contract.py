@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from escnet.config import ModelConfig
-from escnet.view_plan import VIEW_PLAN_LENGTH
 
 Dim = int | str  # an int is fixed; a str names a dynamic axis
 
@@ -106,6 +105,11 @@ class RequestLimits:
 
 
 REQUEST_LIMITS = RequestLimits()
+# escnet.view_plan.ViewPlan's fields, encoded as VIEW_PLAN (a test holds the two equal; the
+# contract imports no model module beyond the config, so the client can use it).
+VIEW_PLAN_LENGTH = 9
+# The ensembles and the variant each serves by default (build_repository --escnet-variant ...).
+DEFAULT_VARIANTS = {"escnet": "escnet_vitb16_384", "catseg": "catseg_vitb16_384"}
 MAX_CLASSES = REQUEST_LIMITS.max_classes
 
 # Public tensors of the ensembles.

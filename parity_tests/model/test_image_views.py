@@ -14,6 +14,7 @@ from escnet.config import PROTOCOLS
 from escnet.image_views import make_views, merge_views
 from escnet.registry import MODEL_CONFIGS
 from escnet.view_plan import ViewPlan, plan_views, resize_shortest_edge, shortest_edge_size
+from escnet_export.contract import step_specs
 
 CONFIG = MODEL_CONFIGS["catseg_vitb16_384"]
 SLIDING = PROTOCOLS["catseg_eval"]
@@ -139,6 +140,15 @@ def test_single_view_keeps_the_padding_and_crops_only_below_96_pixels() -> None:
     rows = torch.linspace(-4, 4, 96).view(1, 1, 96, 1).expand(1, 1, 96, 96).clone()
     expected = resize(rows.sigmoid()[:, :, : thin.resized_height], 10, 2000)[0]
     torch.testing.assert_close(merge_views(rows, thin), expected, rtol=0, atol=1e-7)
+
+
+def test_view_plan_length_is_the_contracts() -> None:
+    from dataclasses import fields
+
+    from escnet_export.contract import VIEW_PLAN_LENGTH
+
+    assert len(fields(ViewPlan)) == VIEW_PLAN_LENGTH
+    assert step_specs(CONFIG)["preprocess"].output("VIEW_PLAN").shape == (VIEW_PLAN_LENGTH,)
 
 
 @pytest.mark.parametrize("protocol", [SLIDING, SINGLE], ids=lambda p: p.name)

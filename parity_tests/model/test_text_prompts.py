@@ -50,7 +50,7 @@ def test_first_rule_keeps_what_catseg_encodes(name: str, encoded: list[str]) -> 
     assert split_synonyms(name) == encoded  # the default rule is the official one
 
 
-@pytest.mark.parametrize("name", [", cat", " , cat", ""])
+@pytest.mark.parametrize("name", [", cat", " , cat", "", ",,", " , , "])
 def test_first_rule_refuses_a_blank_first_synonym(name: str) -> None:
     with pytest.raises(ValueError, match="is empty"):
         split_synonyms(name, "first")
