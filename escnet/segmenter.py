@@ -42,7 +42,11 @@ class Segmentation:
 
 def validate_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """An RGB image [H, W, 3] uint8 -> tensor, or a ValueError naming what is wrong with it."""
-    tensor = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+    if not isinstance(image, torch.Tensor):
+        array = np.asarray(image)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())  # e.g. a PIL image's
+    else:
+        tensor = image
     if tensor.dtype != torch.uint8:
         raise ValueError(f"image must be uint8 RGB, got dtype {tensor.dtype}")
     if tensor.dim() != 3 or tensor.shape[-1] != 3:
