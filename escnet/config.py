@@ -66,6 +66,24 @@ class PseudoPromptConfig:
     kmeans_iterations: int = 10
 
 
+def check_pseudo_prompt_grid(height: int, width: int, image_size: int, config: PseudoPromptConfig) -> None:
+    """The checks of pseudo prompt generation that do not depend on the array library: the grid,
+    the image size and the config (escnet/pseudo_prompts.py and its numpy port share them)."""
+    cells = height * width
+    # The exact K-means compares D_k * n_b^2 in int64: bound it below 2**63.
+    if 2 * (cells * (max(height, width) - 1)) ** 2 * cells**2 >= 2**63:
+        raise ValueError(
+            f"score grid {height}x{width} is too large for the exact integer K-means "
+            "(its int64 products would overflow; 24x24 is far within, about 73x73 is the limit)"
+        )
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if config.num_clusters < 1:
+        raise ValueError(f"config.num_clusters must be >= 1, got {config.num_clusters}")
+    if config.kmeans_iterations < 0:
+        raise ValueError(f"config.kmeans_iterations must be >= 0, got {config.kmeans_iterations}")
+
+
 @dataclass(frozen=True)
 class SamBlockConfig:
     """The pretrained SAM prompt encoder and two-way transformer inside each ESC block."""

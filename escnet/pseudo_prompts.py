@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from escnet.config import PseudoPromptConfig
+from escnet.config import PseudoPromptConfig, check_pseudo_prompt_grid
 
 __all__ = ["PseudoPrompts", "generate_pseudo_prompts"]
 
@@ -159,20 +159,7 @@ def _validate(score_maps: torch.Tensor, image_size: int, config: PseudoPromptCon
         raise ValueError("score_maps must be finite, found NaN")
     if torch.isinf(score_maps).any():
         raise ValueError("score_maps must be finite, found inf")
-    height, width = score_maps.shape[-2:]
-    cells = height * width
-    # The exact K-means compares D_k * n_b^2 in int64 (see _assign): bound it below 2**63.
-    if 2 * (cells * (max(height, width) - 1)) ** 2 * cells**2 >= 2**63:
-        raise ValueError(
-            f"score_maps grid {height}x{width} is too large for the exact integer K-means "
-            "(its int64 products would overflow; 24x24 is far within, about 73x73 is the limit)"
-        )
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if config.num_clusters < 1:
-        raise ValueError(f"config.num_clusters must be >= 1, got {config.num_clusters}")
-    if config.kmeans_iterations < 0:
-        raise ValueError(f"config.kmeans_iterations must be >= 0, got {config.kmeans_iterations}")
+    check_pseudo_prompt_grid(int(score_maps.shape[-2]), int(score_maps.shape[-1]), image_size, config)
 
 
 def _assign(

@@ -71,6 +71,21 @@ def medsam_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
+def load_script(name: str) -> object:
+    """scripts/<name>.py as a module, registered in sys.modules first (its dataclasses need it)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_runs_without_torch(code: str) -> None:
     """Run ``code`` in a fresh interpreter; it must finish and import neither torch nor open_clip
     (the served Python steps' promise: each is a process of its own, and torch costs ~1 GiB)."""

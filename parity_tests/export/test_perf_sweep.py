@@ -12,33 +12,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import stat
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from parity_support import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "perf_sweep.py"
 
-
-def load_script() -> ModuleType:
-    """scripts/perf_sweep.py as a module (registered first: its dataclasses need it)."""
-    name = "perf_sweep"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = load_script()
+sweep = load_script("perf_sweep")
 STABILITY = sweep.Stability(percentage=1, max_trials=3, requests=1)
 
 HEADER = """\

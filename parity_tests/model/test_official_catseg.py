@@ -20,16 +20,13 @@ artifacts/parity/official_catseg.json.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from parity_support import PARITY_DIR, say, skip
+from parity_support import PARITY_DIR, load_script, say, skip
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "compare_official_catseg.py"
@@ -38,20 +35,7 @@ RESULTS_FILE = PARITY_DIR / "official_catseg.json"
 pytestmark = pytest.mark.slow
 
 
-def load_script() -> ModuleType:
-    """scripts/compare_official_catseg.py as a module (registered first: its dataclasses need it)."""
-    name = "compare_official_catseg"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_script()
+compare = load_script("compare_official_catseg")
 CASES = [(f"{h}x{w}", list_name) for h, w in compare.IMAGE_SIZES for list_name in compare.CLASS_LISTS]
 
 
