@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.build_repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, DEFAULT_VARIANTS
-from escnet_export.contract import AXIS_PROFILES
+from escnet_export.build_repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
+from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS
 from escnet_export.tensorrt_engines import (
     DEFAULT_TIMING_CACHE,
     PRECISIONS,

@@ -40,8 +40,15 @@ import numpy as np
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.build_repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, DEFAULT_VARIANTS
-from escnet_export.contract import AXIS_PROFILES, AxisProfile, StepSpec, graph_names, step_specs
+from escnet_export.build_repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
+from escnet_export.contract import (
+    AXIS_PROFILES,
+    DEFAULT_VARIANTS,
+    AxisProfile,
+    StepSpec,
+    graph_names,
+    step_specs,
+)
 from escnet_export.runners import validate_feeds
 from escnet_export.triton_config import model_name
 

@@ -107,7 +107,7 @@ def reference_models() -> ReferenceModels:
 @pytest.fixture(scope="session")
 def onnx_graphs() -> Path:
     """Export (or reuse) the graphs of both default variants; returns the folder above <variant>/."""
-    from escnet_export.build_repository import DEFAULT_VARIANTS
+    from escnet_export.contract import DEFAULT_VARIANTS
     from escnet_export.run_export import run_export
 
     directory = onnx_dir()

@@ -21,7 +21,7 @@ from PIL import Image
 
 from escnet_client import eval_backends
 from escnet_client.evaluate_cli import main
-from escnet_export.build_repository import DEFAULT_VARIANTS
+from escnet_export.contract import DEFAULT_VARIANTS
 
 pytestmark = pytest.mark.triton
 

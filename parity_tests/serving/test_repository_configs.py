@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.build_repository import DEFAULT_VARIANTS, build_repository
-from escnet_export.contract import step_specs
+from escnet_export.build_repository import build_repository
+from escnet_export.contract import DEFAULT_VARIANTS, step_specs
 from escnet_export.triton_config import GraphServing, repository_models
 
 ROOT = Path(__file__).resolve().parents[2]

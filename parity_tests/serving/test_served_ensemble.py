@@ -33,9 +33,9 @@ from triton_fixtures import CLIENT_TIMEOUT_S  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
 from escnet_export import parity  # noqa: E402
-from escnet_export.build_repository import DEFAULT_VARIANTS  # noqa: E402
 from escnet_export.contract import (  # noqa: E402
     CLASS_NAMES,
+    DEFAULT_VARIANTS,  # noqa: E402
     IMAGE,
     LABELS,
     MAX_CLASSES,
