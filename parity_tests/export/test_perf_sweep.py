@@ -20,9 +20,6 @@ from typing import Any
 import pytest
 from parity_support import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "perf_sweep.py"
-
 sweep = load_script("perf_sweep")
 STABILITY = sweep.Stability(percentage=1, max_trials=3, requests=1)
 

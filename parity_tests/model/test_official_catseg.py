@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from parity_support import PARITY_DIR, load_script, say, skip
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "compare_official_catseg.py"
 RESULTS_FILE = PARITY_DIR / "official_catseg.json"
 
 pytestmark = pytest.mark.slow
