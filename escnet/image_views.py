@@ -82,10 +82,16 @@ def merge_views(logits: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
 def segment_probabilities(
     model: torch.nn.Module, pixels: torch.Tensor, text_embeddings: torch.Tensor
 ) -> torch.Tensor:
-    """Reference inference of one image: [H, W, 3] uint8 and [T, P, C] -> probabilities [T, H, W]."""
+    """Reference inference of one image: [H, W, 3] uint8 and [T, P, C] -> probabilities [T, H, W].
+
+    The views go through the network one at a time: no operation of the network spans the batch,
+    so each view's logits are what a batch of all views would give, and the working memory is one
+    view's (a sliding window of 5 views with T = 150 classes would otherwise need ~10 GiB at once).
+    """
     config: ModelConfig = model.config
     plan = plan_views(pixels.shape[0], pixels.shape[1], config.protocol)
     device = next(model.parameters()).device
     resized = torch.from_numpy(resize_shortest_edge(pixels.cpu().numpy(), config.protocol))
-    views = make_views(resized.to(device), plan, config)
-    return merge_views(model(views, text_embeddings), plan)
+    views = make_views(resized.to(device), plan, config)  # [V, 3, S, S]
+    logits = torch.cat([model(views[v : v + 1], text_embeddings) for v in range(views.shape[0])])
+    return merge_views(logits, plan)

@@ -8,10 +8,10 @@ was removed, and model readiness reflects the stub's health only in later releas
 notice, so nothing restarts it.
 
 What the watchdog does: every ``poll_s`` it reads /proc (escnet_export.server_processes). When a
-model that had live stub processes has lost one, and no new process replaced it (a reload), it
-unloads the model and loads it again through the model repository API (``POST
-/v2/repository/models/<model>/unload``, then ``.../load``; a load alone of a model Triton still
-counts as loaded does nothing), which starts new processes for it and reloads the ensembles that
+model that had live stub processes has lost one, and no new process replaced it (a reload by
+someone else) within ``confirm_s``, it unloads the model and loads it again through the model
+repository API (``POST /v2/repository/models/<model>/unload``, then ``.../load``; a load alone of
+a model Triton still counts as loaded does nothing), which starts new processes for it and reloads the ensembles that
 use it: 0.5 s for an aggregator on this machine. Between the two calls the model, its ensembles
 and the server report not ready (strict readiness). If a model cannot be brought back
 (``max_failures`` failed loads in a row), the watchdog stops trying: the model then stays
@@ -89,10 +89,12 @@ class StepWatchdog:
     max_failures: int = 3
     reclaim_after_s: float = 30.0  # idle time before shared-memory regions are given back; 0: never
     reclaim_above_bytes: int = 64 << 20
+    confirm_s: float = 1.0  # a lost process must stay unreplaced this long before the model is reloaded
     log: Callable[[str], None] = _log
     recoveries: list[Recovery] = field(default_factory=list)
     _known: dict[str, set[int]] = field(default_factory=dict, repr=False)
     _failures: dict[str, int] = field(default_factory=dict, repr=False)
+    _suspected: dict[str, float] = field(default_factory=dict, repr=False)  # model -> first seen lost
     _cpu: float = field(default=-1.0, repr=False)
     _idle_since: float = field(default_factory=time.monotonic, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -118,10 +120,18 @@ class StepWatchdog:
             current = alive.get(model, set())
             dead = sorted(pids - current)
             if not dead:
+                self._suspected.pop(model, None)
                 continue
             if current - pids:  # new processes replaced it: someone reloaded the model
                 self._known[model] = current
+                self._suspected.pop(model, None)
                 continue
+            # A reload through the repository API can retire the old process a moment before the
+            # new one appears: only a loss that lasts confirm_s is a death.
+            first_seen = self._suspected.setdefault(model, time.monotonic())
+            if time.monotonic() - first_seen < self.confirm_s:
+                continue
+            del self._suspected[model]
             done.append(self.reload(model, dead))
         return done + self.reclaim()
 

@@ -135,7 +135,9 @@ def test_a_request_over_the_memory_budget_is_refused_then_the_next_is_answered(
             assert refused_s < 5, f"the refusal took {refused_s:.1f} s: work ran before it"
             print(f"\nover budget ({type(client).__module__}, {refused_s:.2f} s): {message}")
     finally:
-        http_client.load_model(preprocess)  # back to the repository's own config
+        # Back to the repository's own config. A load without a config would not reload: Triton
+        # sees no change in the model's files and keeps the override.
+        http_client.load_model(preprocess, config=json.dumps(config))
     assert _preprocess_config(http_client)["parameters"]["memory_budget_gib"]["string_value"] == "auto"
     np.testing.assert_array_equal(request(http_client, chelsea, NAMES), expected_labels)
 
