@@ -11,11 +11,11 @@ What the watchdog does: every ``poll_s`` it reads /proc (escnet_export.server_pr
 model that had live stub processes has lost one, and no new process replaced it (a reload by
 someone else) within ``confirm_s``, it unloads the model and loads it again through the model
 repository API (``POST /v2/repository/models/<model>/unload``, then ``.../load``; a load alone of
-a model Triton still counts as loaded does nothing), which starts new processes for it and
-reloads the ensembles that use it: 0.5 s for an aggregator on this machine. Between the two calls the model, its ensembles
-and the server report not ready (strict readiness). If a model cannot be brought back
-(``max_failures`` failed loads in a row), the watchdog stops trying: the model then stays
-unavailable and the server not-ready, which is the signal for an orchestrator to restart it.
+a model Triton still counts as loaded does nothing), which starts new processes for it and reloads
+the ensembles that use it: 0.5 s for an aggregator on this machine. Between the two calls the
+model, its ensembles and the server report not ready (strict readiness). If a model cannot be
+brought back (``max_failures`` failed loads in a row), the watchdog stops trying: the model then
+stays unavailable and the server not-ready, which is the signal for an orchestrator to restart it.
 
 It also gives memory back: the Python backend grows each step's shared-memory region to the
 largest tensors the step has exchanged and never shrinks it, so a request with many classes
