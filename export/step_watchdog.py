@@ -98,6 +98,7 @@ class StepWatchdog:
     _cpu: float = field(default=-1.0, repr=False)
     _idle_since: float = field(default_factory=time.monotonic, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one pass at a time
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def snapshot(self) -> None:
@@ -112,6 +113,16 @@ class StepWatchdog:
     def check(self) -> list[Recovery]:
         """One pass: reload every model that lost a stub process since the last pass, then give
         back the shared memory of idle steps."""
+        with self._lock:
+            return self._check()
+
+    def reclaim_now(self) -> list[Recovery]:
+        """Give every grown region back at once, idle or not: for a caller that knows no request
+        is in flight (a test between heavy requests)."""
+        with self._lock:
+            return self.reclaim(now=True)
+
+    def _check(self) -> list[Recovery]:
         alive = step_pids(self.server_pid)
         done = []
         for model, pids in sorted(self._known.items()):
@@ -135,20 +146,22 @@ class StepWatchdog:
             done.append(self.reload(model, dead))
         return done + self.reclaim()
 
-    def reclaim(self) -> list[Recovery]:
+    def reclaim(self, now: bool = False) -> list[Recovery]:
         """Reload, in place, every step whose shared-memory region outgrew reclaim_above_bytes,
         once the server has been idle (under IDLE_CPU_SHARE of a core in all its processes) for
-        reclaim_after_s; largest region first."""
-        if self.reclaim_after_s <= 0:
-            return []
+        reclaim_after_s, or at once with ``now`` (a caller that knows no request is in flight);
+        largest region first."""
         processes = server_processes(self.server_pid)
-        cpu = sum(cpu_seconds(p.pid) for p in processes)
-        now = time.monotonic()
-        if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
-            self._idle_since = now  # something ran since the last pass
-        self._cpu = cpu
-        if now - self._idle_since < self.reclaim_after_s:
-            return []
+        if not now:
+            if self.reclaim_after_s <= 0:
+                return []
+            cpu = sum(cpu_seconds(p.pid) for p in processes)
+            moment = time.monotonic()
+            if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
+                self._idle_since = moment  # something ran since the last pass
+            self._cpu = cpu
+            if moment - self._idle_since < self.reclaim_after_s:
+                return []
         regions = {p.model: shm_region_bytes(p.pid) for p in processes[1:]}
         grown = sorted(
             ((size, model) for model, size in regions.items() if size > self.reclaim_above_bytes),

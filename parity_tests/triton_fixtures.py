@@ -16,6 +16,7 @@ Registered by ``pytest_plugins = ["triton_fixtures"]`` in parity_tests/conftest.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import resource
@@ -81,7 +82,11 @@ def _process_tree_cpu_seconds(pid: int) -> float:
 
 
 class ReferenceModels:
-    """The PyTorch reference of each variant, built on first use (seed 0, random weights, no files)."""
+    """The PyTorch reference of each variant, built on first use (seed 0, random weights, no files).
+
+    One variant is held at a time (~1 GiB each): the served tests run grouped by ensemble, and the
+    memory is better left to the server's requests on a 24 GiB machine.
+    """
 
     def __init__(self) -> None:
         self._models: dict[str, object] = {}
@@ -89,6 +94,9 @@ class ReferenceModels:
     def __getitem__(self, variant: str):  # -> OpenVocabSegmenter
         if variant not in self._models:
             from escnet.registry import build_model
+
+            self._models.clear()
+            gc.collect()
 
             # The same call run_export makes when it builds the model it exports (no checkpoint
             # arguments, default seed): the served graphs must reproduce this model.
@@ -176,6 +184,19 @@ def _require_running(server) -> None:
             f"{log_excerpt(server.log_path)}",
             pytrace=False,
         )
+
+
+@pytest.fixture
+def shared_memory_given_back(triton_server) -> Iterator[None]:
+    """After the test, the step watchdog reloads every step whose shared-memory region grew past
+    its threshold: the Python backend never shrinks them, and a session of T = 150 requests would
+    otherwise hold ~6 GiB of regions to the end (the session's server reclaims nothing by itself)."""
+    yield
+    if triton_server.running and triton_server.step_watchdog is not None:
+        reloads = triton_server.step_watchdog.reclaim_now()
+        if reloads:
+            given = sum(r.region_bytes for r in reloads) / 2**30
+            print(f"\n[triton_fixtures] {len(reloads)} steps reloaded, {given:.2f} GiB of shared memory back")
 
 
 @pytest.fixture
