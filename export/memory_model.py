@@ -29,11 +29,10 @@ Pure Python (the contract's shapes only).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from escnet_export.contract import StepSpec, TensorSpec
+from escnet_export.server_processes import machine_memory_bytes
 
 GIB = 2**30
 PAD_CLASSES = 256  # class attention always sees at least this many classes (CAT-Seg's pad_len)
@@ -175,19 +174,6 @@ def estimate_request_memory(
 # -- the budget -----------------------------------------------------------------------------------
 
 AUTO_BUDGET_FRACTION = 0.5  # of the machine's (or container's) memory, for one request
-
-
-def machine_memory_bytes() -> int:
-    """Physical memory, or the cgroup's limit when the process runs under a smaller one."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < total:
-            total = int(text)
-    return total
 
 
 def resolve_budget(value: str | None) -> float:

@@ -80,6 +80,18 @@ def check_memory_budget(
         )
 
 
+def check_memory_available(estimate: MemoryEstimate, available: float) -> None:
+    """The request's estimated peak within the memory the machine has free now, else MemoryError
+    (answered UNAVAILABLE: the server's condition, worth a retry, not the client's fault). Within
+    the budget but not free now means other requests, or regions a large request left behind,
+    hold it; the step watchdog gives idle steps' regions back within seconds when memory is short."""
+    if estimate.peak > available:
+        raise MemoryError(
+            f"this request needs an estimated {estimate.peak / GIB:.1f} GiB and the machine has "
+            f"{available / GIB:.1f} GiB available now"
+        )
+
+
 def synonym_key(name: str, rule: str = "first") -> tuple[str, ...]:
     """The identity of a class name for the duplicate check, lower-cased, blanks collapsed.
 

@@ -150,3 +150,37 @@ def pss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def available_memory_bytes() -> int:
+    """Memory a new allocation can still get now: the kernel's MemAvailable, or less where the
+    process runs under a cgroup limit (the limit minus the cgroup's usage). Shared-memory regions
+    held by the steps count as used."""
+    available = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in (PROC / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    cgroups = (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    )
+    for limit_path, usage_path in cgroups:
+        with contextlib.suppress(OSError, ValueError):
+            limit, usage = Path(limit_path).read_text().strip(), Path(usage_path).read_text().strip()
+            if limit.isdigit() and int(limit) < (1 << 60):
+                available = min(available, max(0, int(limit) - int(usage)))
+    return available
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the cgroup's limit when the process runs under a smaller one."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total

@@ -43,15 +43,22 @@ from dataclasses import dataclass, field
 
 try:  # as part of the package, or as a sibling module when triton_server.py runs as a plain script
     from escnet_export.server_processes import (
+        available_memory_bytes,
         cpu_seconds,
         is_alive,
+        machine_memory_bytes,
         server_processes,
         shm_region_bytes,
         step_pids,
     )
 except ImportError:  # pragma: no cover - plain-script use
     from server_processes import (  # type: ignore[no-redef]
+        available_memory_bytes,
+        cpu_seconds,
         is_alive,
+        machine_memory_bytes,
+        server_processes,
+        shm_region_bytes,
         step_pids,
     )
 
@@ -90,12 +97,19 @@ class StepWatchdog:
     reclaim_after_s: float = 30.0  # idle time before shared-memory regions are given back; 0: never
     reclaim_above_bytes: int = 64 << 20
     confirm_s: float = 1.0  # a lost process must stay unreplaced this long before the model is reloaded
+    # Memory short (less available than this, default half the machine's: one request's auto
+    # budget): a step idle for pressure_idle_s gives its region back even while others run.
+    pressure_below_bytes: int = field(default_factory=lambda: machine_memory_bytes() // 2)
+    pressure_idle_s: float = 1.0
     log: Callable[[str], None] = _log
     recoveries: list[Recovery] = field(default_factory=list)
     _known: dict[str, set[int]] = field(default_factory=dict, repr=False)
     _failures: dict[str, int] = field(default_factory=dict, repr=False)
     _suspected: dict[str, float] = field(default_factory=dict, repr=False)  # model -> first seen lost
     _cpu: float = field(default=-1.0, repr=False)
+    _step_cpu: dict[int, tuple[float, float]] = field(
+        default_factory=dict, repr=False
+    )  # pid -> (cpu, idle since)
     _idle_since: float = field(default_factory=time.monotonic, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one pass at a time
@@ -152,17 +166,23 @@ class StepWatchdog:
         reclaim_after_s, or at once with ``now`` (a caller that knows no request is in flight);
         largest region first."""
         processes = server_processes(self.server_pid)
+        if self.reclaim_after_s <= 0 and not now:
+            return []
+        moment = time.monotonic()
+        idle_steps = self._idle_steps(processes[1:], moment)
         if not now:
-            if self.reclaim_after_s <= 0:
-                return []
             cpu = sum(cpu_seconds(p.pid) for p in processes)
-            moment = time.monotonic()
             if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
                 self._idle_since = moment  # something ran since the last pass
             self._cpu = cpu
-            if moment - self._idle_since < self.reclaim_after_s:
+        steps = processes[1:]
+        if not now and moment - self._idle_since < self.reclaim_after_s:
+            if available_memory_bytes() >= self.pressure_below_bytes:
                 return []
-        regions = {p.model: shm_region_bytes(p.pid) for p in processes[1:]}
+            # Memory is short while the server works: give back the regions of the steps that have
+            # been idle a moment (a large request's leftovers), not those of the busy ones.
+            steps = [p for p in steps if idle_steps.get(p.pid, 0.0) >= self.pressure_idle_s]
+        regions = {p.model: shm_region_bytes(p.pid) for p in steps}
         grown = sorted(
             ((size, model) for model, size in regions.items() if size > self.reclaim_above_bytes),
             reverse=True,
@@ -171,6 +191,20 @@ class StepWatchdog:
         if done:
             self._cpu = -1.0  # the reloads used CPU: measure idleness afresh
         return done
+
+    def _idle_steps(self, steps: list, moment: float) -> dict[int, float]:
+        """pid -> seconds the step's process has used (almost) no CPU, from the passes so far."""
+        idle: dict[int, float] = {}
+        known = {}
+        for step in steps:
+            cpu = cpu_seconds(step.pid)
+            last_cpu, since = self._step_cpu.get(step.pid, (-1.0, moment))
+            if last_cpu < 0 or cpu - last_cpu > IDLE_CPU_SHARE * self.poll_s:
+                since = moment
+            known[step.pid] = (cpu, since)
+            idle[step.pid] = moment - since
+        self._step_cpu = known
+        return idle
 
     def _call(self, model: str, action: str, body: dict | None = None) -> str:
         """POST /v2/repository/models/<model>/<action>; the error text, or "" when it worked."""

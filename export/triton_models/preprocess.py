@@ -4,7 +4,8 @@
 Everything a request may be refused for is checked here, before any graph runs (the text
 embedder waits for VIEW_PLAN): the image (min_side, max_pixels), the class names (max_classes,
 max_name_bytes, blanks, duplicates, CLIP's 77 tokens), the full-size scores (max_score_elements)
-and the request's estimated peak memory against the budget (escnet_export.memory_model).
+and the request's estimated peak memory against the budget (escnet_export.memory_model) and
+against the memory the machine has free now (refused UNAVAILABLE: retry when it is).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from escnet_export.contract import TOKEN_LENGTH, step_specs
 from escnet_export.memory_model import RequestShape, estimate_request_memory, resolve_budget
 from escnet_export.request_checks import (
     check_image,
+    check_memory_available,
     check_memory_budget,
     check_prompt_tokens,
     check_score_budget,
     decode_class_names,
 )
+from escnet_export.server_processes import available_memory_bytes
 from escnet_export.triton_models.base import StepModel
 
 CHECKED_NAMES_KEPT = 65536  # names whose prompt-token count passed, not counted again
@@ -66,4 +69,5 @@ class TritonPythonModel(StepModel):
         )
         estimate = estimate_request_memory(self.chain_steps, shape)
         check_memory_budget(estimate, self.budget, len(names), height, width)
+        check_memory_available(estimate, available_memory_bytes())
         return steps.preprocess(image, self.config)
