@@ -24,7 +24,11 @@ has been idle (no process of it used CPU) for ``reclaim_after_s`` and a step's r
 ``reclaim_above_bytes``, the watchdog reloads that step in place: a load with the step's own
 config and a new ``reload_token`` parameter, which Triton serves through (new instances first,
 the old ones unloaded when their requests are done), and the new process starts with a fresh
-region. ``reclaim_after_s = 0`` turns reclaiming off.
+region. When memory is short (less available than ``pressure_below_bytes``, by default half the
+machine's: what one request may take under the auto budget), it does not wait for the whole
+server to be idle: every step whose own process has been idle for ``pressure_idle_s`` gives its
+region back at once, so a large request to one ensemble does not leave the next large request to
+the other without room. ``reclaim_after_s = 0`` turns reclaiming off.
 
 The repository API needs ``--model-control-mode=explicit`` (with ``--load-model=*`` to load every
 model at start), which the server launcher sets. Standard library only.
@@ -182,7 +186,9 @@ class StepWatchdog:
             # Memory is short while the server works: give back the regions of the steps that have
             # been idle a moment (a large request's leftovers), not those of the busy ones.
             steps = [p for p in steps if idle_steps.get(p.pid, 0.0) >= self.pressure_idle_s]
-        regions = {p.model: shm_region_bytes(p.pid) for p in steps}
+        # The model's current processes only: one replaced by a reload still holds its old region
+        # until Triton retires it, and is no reason to reload the model again.
+        regions = {p.model: shm_region_bytes(p.pid) for p in steps if p.pid in self._known.get(p.model, ())}
         grown = sorted(
             ((size, model) for model, size in regions.items() if size > self.reclaim_above_bytes),
             reverse=True,

@@ -16,7 +16,8 @@ from escnet_export.memory_model import (
     resolve_budget,
     step_kind,
 )
-from escnet_export.request_checks import RequestError, check_memory_budget
+from escnet_export.request_checks import RequestError, check_memory_available, check_memory_budget
+from escnet_export.server_processes import available_memory_bytes, machine_memory_bytes
 
 STEPS = {v: list(step_specs(MODEL_CONFIGS[v]).values()) for v in ("escnet_vitb16_384", "catseg_vitb16_384")}
 
@@ -78,6 +79,21 @@ def test_the_budget_check_names_estimate_budget_and_what_to_change() -> None:
         "fewer",
     ):
         assert part in message, message
+
+
+def test_a_request_that_does_not_fit_the_free_memory_now_is_a_memory_error() -> None:
+    """Within the budget but more than is free now: MemoryError, which the steps answer UNAVAILABLE
+    (the server's condition, worth a retry), not a RequestError (the client's fault)."""
+    estimate = estimate_request_memory(STEPS["escnet_vitb16_384"], RequestShape(150, 5, 480, 640))
+    check_memory_available(estimate, estimate.peak + 1)
+    with pytest.raises(
+        MemoryError, match=r"needs an estimated 7\.\d GiB and the machine has 1\.0 GiB available now"
+    ):
+        check_memory_available(estimate, 1 * GIB)
+
+
+def test_free_memory_is_read_and_within_the_machine() -> None:
+    assert 0 < available_memory_bytes() <= machine_memory_bytes()
 
 
 def test_budget_parameters() -> None:

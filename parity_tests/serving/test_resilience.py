@@ -176,12 +176,15 @@ def test_a_cancelled_request_stops_at_its_next_step(
     )
 
 
+@pytest.mark.parametrize("trigger", ["server idle", "memory short"])
 def test_idle_steps_give_their_shared_memory_back(
-    triton_server: Any, http_client: Any, chelsea: np.ndarray, expected_labels: np.ndarray
+    trigger: str, triton_server: Any, http_client: Any, chelsea: np.ndarray, expected_labels: np.ndarray
 ) -> None:
     """A request with many classes grows the steps' shared-memory regions (the Python backend never
-    shrinks them); once the server is idle the watchdog reloads those steps with fresh regions."""
+    shrinks them); once the server is idle, or at once for the steps idle a moment when memory is
+    short, the watchdog reloads those steps with fresh regions."""
     watchdog = triton_server.step_watchdog
+    pressure_below = watchdog.pressure_below_bytes
     names = [f"object number {i}" for i in range(60)]
     request(http_client, chelsea, names)
 
@@ -195,7 +198,10 @@ def test_idle_steps_give_their_shared_memory_back(
     assert grown, f"no step's region grew past {watchdog.reclaim_above_bytes} bytes: {regions()}"
     pss_before = total_pss()
     first = len(watchdog.recoveries)
-    watchdog.reclaim_after_s = 2.0
+    if trigger == "server idle":
+        watchdog.reclaim_after_s = 2.0
+    else:  # memory always short; the server-idle path out of reach
+        watchdog.reclaim_after_s, watchdog.pressure_below_bytes = 1e9, 1 << 62
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S + 30 * len(grown)
     try:
         while time.monotonic() < deadline:
@@ -204,7 +210,7 @@ def test_idle_steps_give_their_shared_memory_back(
                 break
             time.sleep(0.5)
     finally:
-        watchdog.reclaim_after_s = 0.0
+        watchdog.reclaim_after_s, watchdog.pressure_below_bytes = 0.0, pressure_below
     reclaimed_runs = [r for r in watchdog.recoveries[first:] if r.reason == "reclaim"]
     assert set(grown) <= {r.model for r in reclaimed_runs}, (grown, reclaimed_runs)
     assert all(r.reloaded for r in reclaimed_runs), reclaimed_runs
@@ -215,7 +221,7 @@ def test_idle_steps_give_their_shared_memory_back(
     pss_after = total_pss()
     np.testing.assert_array_equal(request(http_client, chelsea, NAMES), expected_labels)
     print(
-        f"\nreclaimed {len(reclaimed_runs)} steps' shared memory "
+        f"\n{trigger}: reclaimed {len(reclaimed_runs)} steps' shared memory "
         f"({sum(r.region_bytes for r in reclaimed_runs) / 2**20:.0f} MiB of regions) in "
         f"{sum(r.seconds for r in reclaimed_runs):.1f} s of reloads; server PSS "
         f"{pss_before / 2**30:.2f} -> {pss_after / 2**30:.2f} GiB"
