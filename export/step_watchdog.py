@@ -46,25 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 try:  # as part of the package, or as a sibling module when triton_server.py runs as a plain script
-    from escnet_export.server_processes import (
-        available_memory_bytes,
-        cpu_seconds,
-        is_alive,
-        machine_memory_bytes,
-        server_processes,
-        shm_region_bytes,
-        step_pids,
-    )
+    from escnet_export import server_processes as proc
 except ImportError:  # pragma: no cover - plain-script use
-    from server_processes import (  # type: ignore[no-redef]
-        available_memory_bytes,
-        cpu_seconds,
-        is_alive,
-        machine_memory_bytes,
-        server_processes,
-        shm_region_bytes,
-        step_pids,
-    )
+    import server_processes as proc  # type: ignore[no-redef]
 
 
 @dataclass
@@ -103,7 +87,7 @@ class StepWatchdog:
     confirm_s: float = 1.0  # a lost process must stay unreplaced this long before the model is reloaded
     # Memory short (less available than this, default half the machine's: one request's auto
     # budget): a step idle for pressure_idle_s gives its region back even while others run.
-    pressure_below_bytes: int = field(default_factory=lambda: machine_memory_bytes() // 2)
+    pressure_below_bytes: int = field(default_factory=lambda: proc.machine_memory_bytes() // 2)
     pressure_idle_s: float = 1.0
     log: Callable[[str], None] = _log
     recoveries: list[Recovery] = field(default_factory=list)
@@ -121,7 +105,7 @@ class StepWatchdog:
 
     def snapshot(self) -> None:
         """Learn the current stubs of every model (call once the server is ready)."""
-        self._known = step_pids(self.server_pid)
+        self._known = proc.step_pids(self.server_pid)
 
     @property
     def watched(self) -> int:
@@ -141,7 +125,7 @@ class StepWatchdog:
             return self.reclaim(now=True)
 
     def _check(self) -> list[Recovery]:
-        alive = step_pids(self.server_pid)
+        alive = proc.step_pids(self.server_pid)
         done = []
         for model, pids in sorted(self._known.items()):
             if self._failures.get(model, 0) >= self.max_failures:
@@ -169,26 +153,28 @@ class StepWatchdog:
         once the server has been idle (under IDLE_CPU_SHARE of a core in all its processes) for
         reclaim_after_s, or at once with ``now`` (a caller that knows no request is in flight);
         largest region first."""
-        processes = server_processes(self.server_pid)
+        processes = proc.server_processes(self.server_pid)
         if self.reclaim_after_s <= 0 and not now:
             return []
         moment = time.monotonic()
         idle_steps = self._idle_steps(processes[1:], moment)
         if not now:
-            cpu = sum(cpu_seconds(p.pid) for p in processes)
+            cpu = sum(proc.cpu_seconds(p.pid) for p in processes)
             if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
                 self._idle_since = moment  # something ran since the last pass
             self._cpu = cpu
         steps = processes[1:]
         if not now and moment - self._idle_since < self.reclaim_after_s:
-            if available_memory_bytes() >= self.pressure_below_bytes:
+            if proc.available_memory_bytes() >= self.pressure_below_bytes:
                 return []
             # Memory is short while the server works: give back the regions of the steps that have
             # been idle a moment (a large request's leftovers), not those of the busy ones.
             steps = [p for p in steps if idle_steps.get(p.pid, 0.0) >= self.pressure_idle_s]
         # The model's current processes only: one replaced by a reload still holds its old region
         # until Triton retires it, and is no reason to reload the model again.
-        regions = {p.model: shm_region_bytes(p.pid) for p in steps if p.pid in self._known.get(p.model, ())}
+        regions = {
+            p.model: proc.shm_region_bytes(p.pid) for p in steps if p.pid in self._known.get(p.model, ())
+        }
         grown = sorted(
             ((size, model) for model, size in regions.items() if size > self.reclaim_above_bytes),
             reverse=True,
@@ -203,7 +189,7 @@ class StepWatchdog:
         idle: dict[int, float] = {}
         known = {}
         for step in steps:
-            cpu = cpu_seconds(step.pid)
+            cpu = proc.cpu_seconds(step.pid)
             last_cpu, since = self._step_cpu.get(step.pid, (-1.0, moment))
             if last_cpu < 0 or cpu - last_cpu > IDLE_CPU_SHARE * self.poll_s:
                 since = moment
@@ -249,7 +235,7 @@ class StepWatchdog:
             self.log(f"{model}: process {', '.join(map(str, dead))} died; loading the model again")
         else:
             self.log(f"{model}: idle with {region_bytes / 2**20:.0f} MiB of shared memory; reloading it")
-        before = step_pids(self.server_pid).get(model, set())
+        before = proc.step_pids(self.server_pid).get(model, set())
         start = time.monotonic()
         if reason == "died":
             # Unload, then load: a load alone of a model Triton still counts as loaded does nothing.
@@ -257,7 +243,7 @@ class StepWatchdog:
         else:
             error = self._load_in_place(model)
         seconds = time.monotonic() - start
-        self._known[model] = step_pids(self.server_pid).get(model, set()) - before
+        self._known[model] = proc.step_pids(self.server_pid).get(model, set()) - before
         recovery = Recovery(
             model=model,
             dead_pids=dead,
@@ -337,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.ready_timeout
     while not _server_ready(args.http_url):
-        if not is_alive(args.server_pid) or time.monotonic() > deadline:
+        if not proc.is_alive(args.server_pid) or time.monotonic() > deadline:
             return 0  # the server never came up: nothing to watch (serve.sh reports why)
         time.sleep(0.5)
     watchdog = StepWatchdog(
@@ -348,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     watchdog.snapshot()
     _log(f"watching {watchdog.watched} step processes of server {args.server_pid}")
-    while is_alive(args.server_pid):
+    while proc.is_alive(args.server_pid):
         watchdog.check()
         time.sleep(args.poll)
     return 0
