@@ -152,6 +152,30 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+# The memory cgroup's limit and usage files (v2, then v1); a limit of "max" or ~2^63 is no limit.
+CGROUP_MEMORY = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _cgroup_memory() -> tuple[int, int] | None:
+    """(limit, usage) in bytes of the process's memory cgroup, or None where it has no limit."""
+    for limit_path, usage_path in CGROUP_MEMORY:
+        with contextlib.suppress(OSError, ValueError):
+            limit = Path(limit_path).read_text().strip()
+            if limit.isdigit() and 0 < int(limit) < (1 << 60):
+                return int(limit), int(Path(usage_path).read_text().strip())
+    return None
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the cgroup's limit when the process runs under a smaller one."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cgroup = _cgroup_memory()
+    return min(total, cgroup[0]) if cgroup else total
+
+
 def available_memory_bytes() -> int:
     """Memory a new allocation can still get now: the kernel's MemAvailable, or less where the
     process runs under a cgroup limit (the limit minus the cgroup's usage). Shared-memory regions
@@ -161,26 +185,5 @@ def available_memory_bytes() -> int:
         for line in (PROC / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 available = int(line.split()[1]) * 1024
-    cgroups = (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    )
-    for limit_path, usage_path in cgroups:
-        with contextlib.suppress(OSError, ValueError):
-            limit, usage = Path(limit_path).read_text().strip(), Path(usage_path).read_text().strip()
-            if limit.isdigit() and int(limit) < (1 << 60):
-                available = min(available, max(0, int(limit) - int(usage)))
-    return available
-
-
-def machine_memory_bytes() -> int:
-    """Physical memory, or the cgroup's limit when the process runs under a smaller one."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < total:
-            total = int(text)
-    return total
+    cgroup = _cgroup_memory()
+    return min(available, max(0, cgroup[0] - cgroup[1])) if cgroup else available

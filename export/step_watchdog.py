@@ -153,23 +153,24 @@ class StepWatchdog:
         once the server has been idle (under IDLE_CPU_SHARE of a core in all its processes) for
         reclaim_after_s, or at once with ``now`` (a caller that knows no request is in flight);
         largest region first."""
-        processes = proc.server_processes(self.server_pid)
         if self.reclaim_after_s <= 0 and not now:
             return []
+        processes = proc.server_processes(self.server_pid)
         moment = time.monotonic()
-        idle_steps = self._idle_steps(processes[1:], moment)
+        cpu = {p.pid: proc.cpu_seconds(p.pid) for p in processes}  # read once per pass
+        idle_steps = self._idle_steps(processes[1:], cpu, moment)
         if not now:
-            cpu = sum(proc.cpu_seconds(p.pid) for p in processes)
-            if self._cpu < 0 or cpu - self._cpu > IDLE_CPU_SHARE * self.poll_s:
+            total = sum(cpu.values())
+            if self._cpu < 0 or total - self._cpu > IDLE_CPU_SHARE * self.poll_s:
                 self._idle_since = moment  # something ran since the last pass
-            self._cpu = cpu
+            self._cpu = total
         steps = processes[1:]
         if not now and moment - self._idle_since < self.reclaim_after_s:
             if proc.available_memory_bytes() >= self.pressure_below_bytes:
                 return []
             # Memory is short while the server works: give back the regions of the steps that have
             # been idle a moment (a large request's leftovers), not those of the busy ones.
-            steps = [p for p in steps if idle_steps.get(p.pid, 0.0) >= self.pressure_idle_s]
+            steps = [p for p in steps if idle_steps[p.pid] >= self.pressure_idle_s]
         # The model's current processes only: one replaced by a reload still holds its old region
         # until Triton retires it, and is no reason to reload the model again.
         regions = {
@@ -184,19 +185,16 @@ class StepWatchdog:
             self._cpu = -1.0  # the reloads used CPU: measure idleness afresh
         return done
 
-    def _idle_steps(self, steps: list, moment: float) -> dict[int, float]:
+    def _idle_steps(self, steps: list, cpu: dict[int, float], moment: float) -> dict[int, float]:
         """pid -> seconds the step's process has used (almost) no CPU, from the passes so far."""
-        idle: dict[int, float] = {}
-        known = {}
+        seen = {}
         for step in steps:
-            cpu = proc.cpu_seconds(step.pid)
             last_cpu, since = self._step_cpu.get(step.pid, (-1.0, moment))
-            if last_cpu < 0 or cpu - last_cpu > IDLE_CPU_SHARE * self.poll_s:
+            if last_cpu < 0 or cpu[step.pid] - last_cpu > IDLE_CPU_SHARE * self.poll_s:
                 since = moment
-            known[step.pid] = (cpu, since)
-            idle[step.pid] = moment - since
-        self._step_cpu = known
-        return idle
+            seen[step.pid] = (cpu[step.pid], since)
+        self._step_cpu = seen
+        return {pid: moment - since for pid, (_, since) in seen.items()}
 
     def _call(self, model: str, action: str, body: dict | None = None) -> str:
         """POST /v2/repository/models/<model>/<action>; the error text, or "" when it worked."""
