@@ -216,7 +216,13 @@ def test_idle_steps_give_their_shared_memory_back(
     assert all(r.reloaded for r in reclaimed_runs), reclaimed_runs
     while not http_client.is_server_ready() and time.monotonic() < deadline:
         time.sleep(0.1)
+    # A replaced process keeps its old region until Triton retires it (when its last request is
+    # done): wait for that, then no process of the server may hold a grown region.
+    retire_deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     left = {m: size for m, size in regions().items() if size > watchdog.reclaim_above_bytes}
+    while left and time.monotonic() < retire_deadline:
+        time.sleep(0.5)
+        left = {m: size for m, size in regions().items() if size > watchdog.reclaim_above_bytes}
     assert not left, left
     pss_after = total_pss()
     np.testing.assert_array_equal(request(http_client, chelsea, NAMES), expected_labels)
