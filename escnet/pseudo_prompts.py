@@ -40,7 +40,7 @@ differently from one another (numpy's and torch's float32 softmax disagree in th
 the cells or more, which flips ``p > threshold`` in maps near uniform), whereas these operations
 are correctly rounded everywhere: the probabilities, and hence the masks, clusters and points, are
 the same bits on any device and in the numpy port the served step runs
-(export/numpy_pseudo_points.py, which repeats these operations in the same order). The linear
+(export/runtime/numpy_pseudo_points.py, which repeats these operations in the same order). The linear
 sampling is in float64 too; the points are rounded to float32 last.
 """
 

@@ -34,7 +34,7 @@ class StepSpec:
     """One step of the chain: an exported graph ("graph") or a Python step between graphs ("python").
 
     ``separable``: the named axes along which the step computes each index on its own, so that it
-    may run in slices of them and give the same answer (escnet_export.runners). B (views) for every
+    may run in slices of them and give the same answer (escnet_export.runtime.runners). B (views) for every
     graph; T (classes) where nothing mixes classes (SAM blocks, decoder; not prep, whose top-256
     class choice, nor the aggregators, whose class attention, looks at all classes); N (texts) for
     the text encoder.

@@ -88,7 +88,7 @@ TOLERANCES: dict[str, Tolerance] = {
     # and bilinear weights sum to 1, so a logit error e gives a score error <= e / 4 (measured
     # ~1e-6 of scale); the logit bound carries over.
     "fp32_chain_scores": Tolerance(max_abs_of_scale=1e-4),
-    # The served Python steps (numpy, escnet_export.steps) against the PyTorch functions they
+    # The served Python steps (numpy, escnet_export.runtime.steps) against the PyTorch functions they
     # stand in for (views, merged probabilities, folded text embeddings): the same formulas in
     # float32, in a different order of operations, so a few float32 roundings apart (measured
     # ~1e-7 of scale). Pseudo points and labels are held to "exact" instead.

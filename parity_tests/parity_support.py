@@ -30,9 +30,9 @@ import torch
 
 from escnet.registry import build_model
 from escnet.segmenter import OpenVocabSegmenter
-from escnet_export.chain import GraphChain
 from escnet_export.contract import graph_names
-from escnet_export.run_export import ExportResult, run_export
+from escnet_export.onnx_graphs.export import ExportResult, run_export
+from escnet_export.runtime.chain import GraphChain
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_DIR_ENV = "ESCNET_ONNX_DIR"

@@ -43,7 +43,7 @@ def missing_serving_reason() -> str | None:
     """Why this machine cannot run the served tests, or None when it can."""
     if importlib.util.find_spec("tritonclient") is None:
         return "tritonclient is not installed (pip install -e '.[serve]')"
-    from escnet_export.triton_server import locate_tritonserver
+    from escnet_export.triton_serving.server import locate_tritonserver
 
     try:
         locate_tritonserver()
@@ -116,7 +116,7 @@ def reference_models() -> ReferenceModels:
 def onnx_graphs() -> Path:
     """Export (or reuse) the graphs of both default variants; returns the folder above <variant>/."""
     from escnet_export.contract import DEFAULT_VARIANTS
-    from escnet_export.run_export import run_export
+    from escnet_export.onnx_graphs.export import run_export
 
     directory = onnx_dir()
     for variant in DEFAULT_VARIANTS.values():
@@ -132,7 +132,7 @@ def onnx_graphs() -> Path:
 @pytest.fixture(scope="session")
 def triton_repository(onnx_graphs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model repository (configs, model.py files, graph links) in a session temp folder."""
-    from escnet_export.build_repository import build_repository
+    from escnet_export.triton_serving.repository import build_repository
 
     repository = tmp_path_factory.mktemp("triton") / "model_repository"
     build_repository(repository, onnx_dir=onnx_graphs, runtime="onnxruntime")
@@ -145,7 +145,7 @@ def triton_server(request: pytest.FixtureRequest) -> Iterator[object]:
     reason = missing_serving_reason()
     if reason is not None:
         pytest.skip(reason)  # before the export, which takes minutes
-    from escnet_export.triton_server import TritonServer
+    from escnet_export.triton_serving.server import TritonServer
 
     triton_repository: Path = request.getfixturevalue("triton_repository")
     server = TritonServer(
@@ -177,7 +177,7 @@ def triton_server(request: pytest.FixtureRequest) -> Iterator[object]:
 def _require_running(server) -> None:
     """Fail with the server's log when the session's server has died (killed, e.g. by the OOM killer)."""
     if not server.running:
-        from escnet_export.triton_server import log_excerpt
+        from escnet_export.triton_serving.server import log_excerpt
 
         pytest.fail(
             f"the session's tritonserver is no longer running (killed? out of memory?)\n"

@@ -31,7 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-from escnet_export.triton_server import with_malloc_hugepages
+from escnet_export.triton_serving.server import with_malloc_hugepages
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"
@@ -87,8 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     from escnet.image_views import segment_probabilities
     from escnet.registry import MODEL_CONFIGS, build_model
     from escnet.segmenter import validate_image
-    from escnet_export import steps
-    from escnet_export.chain import GraphChain
+    from escnet_export.runtime import steps
+    from escnet_export.runtime.chain import GraphChain
 
     watch_memory(Path(args.labels_out + ".peak"), args.max_rss_gib * 1024)
     with contextlib.suppress(OSError):  # on a shared machine, be the OOM killer's first choice
@@ -190,7 +190,8 @@ def machine_info(threads: int) -> dict[str, object]:
 def export_graphs(variant: str, onnx_dir: Path) -> None:
     """run_export in its own process (it caches by hash: nothing is redone when up to date)."""
     code = (
-        "import sys, json; from pathlib import Path; from escnet_export.run_export import run_export; "
+        "import sys, json; from pathlib import Path; "
+        "from escnet_export.onnx_graphs.export import run_export; "
         "r = run_export(sys.argv[1], Path(sys.argv[2]), progress=False); "
         "print(json.dumps({'reused': r.reused, 'seconds': r.seconds}))"
     )

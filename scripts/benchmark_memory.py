@@ -15,7 +15,7 @@ Starts a tritonserver on a repository built into a temporary folder from the exp
 - after: total PSS once the request is answered (and again after --settle seconds).
 
 Writes artifacts/memory/memory.json and prints a table. These are the measurements the request
-memory model (escnet_export.memory_model) is calibrated from.
+memory model (escnet_export.runtime.memory_model) is calibrated from.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import tritonclient.http as httpclient
 from PIL import Image
 from skimage import data as skimage_data
 
-from escnet_export.build_repository import DEFAULT_ONNX_DIR, build_repository
-from escnet_export.server_processes import (
+from escnet_export.triton_serving.repository import DEFAULT_ONNX_DIR, build_repository
+from escnet_export.triton_serving.server import TritonServer
+from escnet_export.triton_serving.server_processes import (
     peak_rss_bytes,
     pss_bytes,
     reset_peak_rss,
     rss_bytes,
     server_processes,
 )
-from escnet_export.triton_server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = [

@@ -29,7 +29,7 @@ from PIL import Image
 from skimage import data
 
 from escnet_client import read_classes_file
-from escnet_export.triton_server import TritonServer
+from escnet_export.triton_serving.server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"

@@ -3,7 +3,7 @@
     python scripts/benchmark_served.py [--ensembles escnet catseg] [--classes 20 150] [--runs 3]
 
 Starts one real tritonserver on the checked-in model_repository/ (build it first:
-``python -m escnet_export.build_repository``), sends skimage's astronaut (512 x 512, one 384 view)
+``python -m escnet_export.triton_serving.repository``), sends skimage's astronaut (512 x 512, one 384 view)
 with the first T names of parity_tests/data/vocabulary.txt, and reports the median client latency.
 The text-embedding cache is warmed by the untimed first request, as a fixed vocabulary is in use;
 one more request with T names not sent before shows a cache miss (the text encoder runs T times).
@@ -33,8 +33,8 @@ import tritonclient.http as http
 from skimage import data
 
 from escnet_client import read_classes_file
-from escnet_export.triton_server import TritonServer, with_malloc_hugepages
-from escnet_export.triton_stats import composing_seconds, compute_snapshot, python_share
+from escnet_export.triton_serving.server import TritonServer, with_malloc_hugepages
+from escnet_export.triton_serving.stats import composing_seconds, compute_snapshot, python_share
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"

@@ -1,4 +1,4 @@
-"""The served Python steps (numpy, escnet_export.steps) against the PyTorch reference they stand in
+"""The served Python steps (numpy, escnet_export.runtime.steps) against the PyTorch reference they stand in
 for, in-process (no server).
 
     python scripts/benchmark_steps.py [--runs 3] [--protocol catseg_eval] [--torch-threads N]
@@ -7,7 +7,7 @@ Rows (printed, nothing asserted; medians of --runs calls after one untimed call)
 - pseudo points: escnet.pseudo_prompts.generate_pseudo_prompts (torch) on SCORE [5, T, 24, 24]
   against the served numpy step (the same bits, checked), for T = 20 and 150;
 - preprocess: the shortest-edge resize (PIL, shared) and the views, escnet.image_views.make_views
-  (torch) against escnet_export.numpy_views.make_views, for a 480x640 and a 1280x1280 image;
+  (torch) against escnet_export.runtime.numpy_views.make_views, for a 480x640 and a 1280x1280 image;
 - postprocess: merge_views and the labels (the running maximum over the class planes, as export/
   steps.py computed it in torch, against numpy_views.class_labels) for T = 20 and 150 classes, on
   a 480x640 and a 1024x768 (H x W) image.
@@ -36,7 +36,7 @@ from escnet.config import PROTOCOLS
 from escnet.pseudo_prompts import generate_pseudo_prompts
 from escnet.registry import MODEL_CONFIGS
 from escnet.view_plan import plan_views, resize_shortest_edge
-from escnet_export import numpy_views, steps
+from escnet_export.runtime import numpy_views, steps
 
 MODEL = "catseg_vitb16_384"
 PREPROCESS_SIZES = [(480, 640), (1280, 1280)]
@@ -74,7 +74,7 @@ if engine == 'torch':
         probabilities = merge_views(torch.from_numpy(logits), plan)
         return class_labels(probabilities).numpy(), probabilities.numpy()
 else:
-    from escnet_export.numpy_views import class_labels, merge_views
+    from escnet_export.runtime.numpy_views import class_labels, merge_views
     def run():
         probabilities = merge_views(logits, plan)
         return class_labels(probabilities), probabilities
@@ -85,7 +85,7 @@ print(status('VmHWM') - before, labels.nbytes + scores.nbytes)
 
 
 def torch_class_labels(probabilities: torch.Tensor) -> torch.Tensor:
-    """[T, H, W] -> [H, W] int32: the torch running maximum export/steps.py used before numpy."""
+    """[T, H, W] -> [H, W] int32: the torch running maximum export/runtime/steps.py used before numpy."""
     best = probabilities[0].clone()
     labels = torch.zeros(best.shape, dtype=torch.int32)
     for index in range(1, probabilities.shape[0]):

@@ -3,8 +3,9 @@ escnet_export uses) and dynamo (dynamo=True, torch's default since 2.9).
 
     python scripts/compare_exporters.py [--variant escnet_vitb16_384] [--graphs prep decoder ...]
 
-Both exporters get the same export wrappers and sample inputs (escnet_export.graphs.graph_wrapper,
-sample_inputs: B=2, T=3, N=4, every dynamic axis > 1) and the contract's dynamic axes: ``dynamic_axes``
+Both exporters get the same export wrappers and sample inputs
+(escnet_export.onnx_graphs.wrappers.graph_wrapper, sample_inputs: B=2, T=3, N=4, every dynamic
+axis > 1) and the contract's dynamic axes: ``dynamic_axes``
 for TorchScript, ``dynamic_shapes`` with one named torch.export.Dim per contract axis (shared across
 inputs, bounds from the contract's profiles) for dynamo. For each exporter and graph it reports the
 export time, success or the error's first line, onnx.checker (full) on the written file, whether every
@@ -35,9 +36,9 @@ import torch
 from escnet.registry import MODEL_CONFIGS, build_model
 from escnet.segmenter import OpenVocabSegmenter
 from escnet_export.contract import AXIS_PROFILES, StepSpec
-from escnet_export.graphs import graph_steps, graph_wrapper, sample_inputs
-from escnet_export.run_export import OPSET
-from escnet_export.runners import OrtRunner, TorchRunner
+from escnet_export.onnx_graphs.export import OPSET
+from escnet_export.onnx_graphs.wrappers import graph_steps, graph_wrapper, sample_inputs
+from escnet_export.runtime.runners import OrtRunner, TorchRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "artifacts" / "benchmarks" / "exporters.json"
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         "onnx": onnx.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "opset_asked": OPSET,
-        "traced_axes": "B=2, T=3, N=4, P=1 (escnet_export.graphs.SAMPLE_AXES)",
+        "traced_axes": "B=2, T=3, N=4, P=1 (escnet_export.onnx_graphs.wrappers.SAMPLE_AXES)",
         "checked_axes": CHECK_AXES,
         "threads": args.threads,
         "total_seconds": round(time.perf_counter() - started, 1),

@@ -42,7 +42,7 @@ Run (needs fvcore, einops, ftfy, regex: ``pip install fvcore einops ftfy regex``
     python scripts/compare_official_catseg.py --protocol single_view
     # the served catseg ensemble: export its graphs with the very weights of the comparison
     python scripts/compare_official_catseg.py --save-only --save-checkpoint ckpt.pth
-    python -m escnet_export.run_export --variant catseg_vitb16_384 --checkpoint ckpt.pth --out DIR
+    python -m escnet_export.onnx_graphs.export --variant catseg_vitb16_384 --checkpoint ckpt.pth --out DIR
     # ... build the model repository from DIR and serve it, then (SCORES are requested too):
     python scripts/compare_official_catseg.py --official-checkpoint ckpt.pth --served 127.0.0.1:8000
 

@@ -41,11 +41,11 @@ for ensemble in "${ensembles[@]}"; do
     if [ "$ensemble" = escnet ] && [ -n "${SAM_CHECKPOINT:-}" ] && [ -z "${CHECKPOINT:-}" ]; then
         weights+=(--sam-checkpoint "$SAM_CHECKPOINT")
     fi
-    python -m escnet_export.run_export --variant "${ensemble}_vitb16_384" ${weights[@]+"${weights[@]}"}
+    python -m escnet_export.onnx_graphs.export --variant "${ensemble}_vitb16_384" ${weights[@]+"${weights[@]}"}
 done
 
 echo "== build the model repository"
-python -m escnet_export.build_repository --ensembles "${ensembles[@]}" --repository "$REPOSITORY"
+python -m escnet_export.triton_serving.repository --ensembles "${ensembles[@]}" --repository "$REPOSITORY"
 
 echo "== start tritonserver"
 PID_FILE="$ROOT/build/demo-tritonserver.pid"

@@ -51,7 +51,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from escnet_client import read_classes_file
-from escnet_export.triton_stats import composing_seconds, compute_snapshot, python_share
+from escnet_export.triton_serving.stats import composing_seconds, compute_snapshot, python_share
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"

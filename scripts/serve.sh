@@ -7,7 +7,7 @@
 #
 # Uses the tritonserver on PATH (NVIDIA's container) if there is one, else the one inside the
 # nvidia-pytriton wheel of the active Python (the project's .venv is activated if present and no
-# venv is active); the command line and environment come from export/triton_server.py, which
+# venv is active); the command line and environment come from export/triton_serving/server.py, which
 # TritonServer (tests, benchmarks) uses too.
 #
 # Environment (flags win): MODEL_REPOSITORY (default <project>/model_repository), HOST (127.0.0.1),
@@ -15,7 +15,7 @@
 # For --wait: PID_FILE (build/tritonserver.pid), LOG_FILE (build/tritonserver.log),
 # WAIT_TIMEOUT (600 s).
 #
-# The step watchdog (export/step_watchdog.py) runs beside it and reloads a model whose step process
+# The step watchdog (export/triton_serving/step_watchdog.py) runs beside it and reloads a model whose step process
 # died; STEP_WATCHDOG=0 leaves it out.
 #
 # Foreground (default): execs tritonserver. --wait / --background: starts it in the background,
@@ -94,17 +94,17 @@ PYTHON="$(command -v python || command -v python3 || true)"
 
 # Exports (LD_LIBRARY_PATH, PATH), TRITON_COMMAND=(...), TRITON_CONNECT_HOST, TRITON_*_PORT.
 # Fails with its own message (e.g. repository not built) before anything starts.
-SHELL_SETUP="$("$PYTHON" "$ROOT/export/triton_server.py" --shell --model-repository "$MODEL_REPOSITORY" \
+SHELL_SETUP="$("$PYTHON" "$ROOT/export/triton_serving/server.py" --shell --model-repository "$MODEL_REPOSITORY" \
     --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
     -- ${EXTRA[@]+"${EXTRA[@]}"})" || exit $?
 eval "$SHELL_SETUP"
 echo "serve.sh: ${TRITON_COMMAND[*]}" >&2
 
 # The step watchdog runs beside the server and reloads a model whose step process died
-# (export/step_watchdog.py); it exits with the server. STEP_WATCHDOG=0 leaves it out.
+# (export/triton_serving/step_watchdog.py); it exits with the server. STEP_WATCHDOG=0 leaves it out.
 watch() {  # $1: the server's pid
     if [[ "${STEP_WATCHDOG:-1}" != 0 ]]; then
-        nohup "$PYTHON" "$ROOT/export/step_watchdog.py" --server-pid "$1" \
+        nohup "$PYTHON" "$ROOT/export/triton_serving/step_watchdog.py" --server-pid "$1" \
             --http-url "$TRITON_CONNECT_HOST:$TRITON_HTTP_PORT" >>"${WATCHDOG_LOG:-/dev/stderr}" 2>&1 </dev/null &
     fi
 }

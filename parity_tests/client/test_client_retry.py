@@ -19,7 +19,7 @@ import pytest
 
 from escnet_client import SegmentationClient, ServerUnavailable
 from escnet_client.sdk import MAX_RETRY_WAIT_S, retry_waits
-from escnet_export.triton_server import TritonServer, free_port
+from escnet_export.triton_serving.server import TritonServer, free_port
 
 MODEL = "catseg"  # the cheaper ensemble
 

@@ -29,7 +29,7 @@ from escnet_client import (
 )
 from escnet_client.shm import REGION_PREFIX
 from escnet_export.contract import CLASS_NAMES, IMAGE, LABELS, MAX_CLASSES
-from escnet_export.triton_server import TritonServer
+from escnet_export.triton_serving.server import TritonServer
 
 pytestmark = pytest.mark.triton
 

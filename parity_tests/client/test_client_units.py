@@ -36,7 +36,7 @@ from escnet_client.errors import translate_error
 from escnet_client.shm import REGION_PREFIX, RequestRegions, is_in_use_error
 from escnet_client.wire import normalize_url
 from escnet_export.contract import LABELS, SCORES
-from escnet_export.triton_server import free_port
+from escnet_export.triton_serving.server import free_port
 
 CLI = [sys.executable, "-m", "escnet_client.cli"]
 

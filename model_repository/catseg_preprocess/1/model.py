@@ -1,3 +1,3 @@
-"""Served by escnet_export.triton_models.preprocess."""
+"""Served by escnet_export.triton_serving.step_models.preprocess."""
 
-from escnet_export.triton_models.preprocess import TritonPythonModel  # noqa: F401
+from escnet_export.triton_serving.step_models.preprocess import TritonPythonModel  # noqa: F401

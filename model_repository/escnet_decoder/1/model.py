@@ -1,3 +1,3 @@
-"""Served by escnet_export.triton_models.onnx_graph."""
+"""Served by escnet_export.triton_serving.step_models.onnx_graph."""
 
-from escnet_export.triton_models.onnx_graph import TritonPythonModel  # noqa: F401
+from escnet_export.triton_serving.step_models.onnx_graph import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Served by escnet_export.triton_models.postprocess."""
+"""Served by escnet_export.triton_serving.step_models.postprocess."""
 
-from escnet_export.triton_models.postprocess import TritonPythonModel  # noqa: F401
+from escnet_export.triton_serving.step_models.postprocess import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Served by escnet_export.triton_models.pseudo_points."""
+"""Served by escnet_export.triton_serving.step_models.pseudo_points."""
 
-from escnet_export.triton_models.pseudo_points import TritonPythonModel  # noqa: F401
+from escnet_export.triton_serving.step_models.pseudo_points import TritonPythonModel  # noqa: F401

@@ -1,3 +1,3 @@
-"""Served by escnet_export.triton_models.text_embedder."""
+"""Served by escnet_export.triton_serving.step_models.text_embedder."""
 
-from escnet_export.triton_models.text_embedder import TritonPythonModel  # noqa: F401
+from escnet_export.triton_serving.step_models.text_embedder import TritonPythonModel  # noqa: F401

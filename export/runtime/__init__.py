@@ -1,0 +1,1 @@
+"""What answers a request: the request checks, the Python steps, the graph runners and the chain."""

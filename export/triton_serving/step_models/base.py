@@ -1,0 +1,143 @@
+"""What every Python-backend step shares: reading its config, answering each request on its own.
+
+A request that fails gets an error response naming the step and the problem; the other requests
+of the batch, and the server, carry on. The error's code tells the client whose fault it was:
+INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400) for a refused request (:class:`RequestError`),
+UNAVAILABLE (503) when the step ran out of memory, CANCELLED when the client gave up before the
+step began (the step does no work then), INTERNAL (500) for anything else, a fault of ours.
+
+Error responses leave ERROR_RESPONSE_DELAY_S after the failure, not at once. tritonserver 2.51
+deadlocks when an ensemble step answers with an error while the gRPC frontend is still handing the
+same request's first steps to their models: the frontend thread holds the request's lock and waits
+for the ensemble's, the step's thread holds the ensemble's and waits for the request's (seen here
+with gdb on a hung server: an empty image refused by preprocess over gRPC; every later escnet
+request then hung, catseg's kept answering). HTTP has no such lock. Refusals by the first steps
+(preprocess, text_embedder) are the ones that come back that fast; the delay keeps them out of
+that window, at the cost of a slower error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from escnet.config import MODEL_CONFIGS, ModelConfig, resolve_protocol
+from escnet_export.contract import RequestLimits, StepSpec, step_specs
+from escnet_export.runtime.request_checks import RequestCancelled, RequestError
+
+__all__ = ["ERROR_RESPONSE_DELAY_S", "RequestError", "StepModel"]
+
+ERROR_RESPONSE_DELAY_S = 0.25  # see the module docstring: tritonserver 2.51's gRPC/ensemble deadlock
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def give_memory_back() -> None:
+    """After each batch of requests, hand the allocator's free memory back to the system (glibc's
+    malloc_trim): a T=150 request's freed tensors otherwise stay in the step's heap. Off with
+    ESCNET_MALLOC_TRIM=0 (README, Memory, measures both)."""
+    if _MALLOC_TRIM is not None and os.environ.get("ESCNET_MALLOC_TRIM", "1") != "0":
+        _MALLOC_TRIM(0)
+
+
+class StepModel:
+    """Base of the Python-backend models: subclasses implement ``run(request, inputs) -> outputs``."""
+
+    model_name: str
+    config: ModelConfig
+    step: StepSpec
+    parameters: dict[str, str]
+    limits: RequestLimits  # from the config's parameters (the edge steps have them)
+    cancelled_requests: int = 0  # requests answered CANCELLED without running
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        model_config = json.loads(args["model_config"])
+        self.model_name = model_config["name"]
+        self.parameters = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+        # The inference protocol the repository was built with (build_repository --protocol).
+        protocol = resolve_protocol(self.parameters["protocol"], self.parameters["synonyms"])
+        self.config = MODEL_CONFIGS[self.parameters["variant"]].with_protocol(protocol)
+        self.step = step_specs(self.config)[self.parameters["step"]]
+        self.limits = RequestLimits.from_parameters(self.parameters)
+        self.model_directory = f"{args['model_repository']}/{args['model_version']}"
+        try:
+            self.setup(args)
+        except Exception as error:  # the load fails; say which model, which folder and what to do
+            raise RuntimeError(
+                f"{self.model_name}: could not load from {self.model_directory}: "
+                f"{type(error).__name__}: {error}. If a graph file (model.onnx) is missing or corrupt, "
+                f"re-export it (python -m escnet_export.onnx_graphs.export --variant {self.config.name}) and "
+                "rebuild the repository (python -m escnet_export.triton_serving.repository)"
+            ) from error
+
+    def setup(self, args: dict[str, Any]) -> None:
+        """Load what the step needs once (graphs, tokenizers)."""
+
+    def run(self, request: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def read_inputs(self, request: Any) -> dict[str, np.ndarray]:
+        inputs = {}
+        for name in self.step.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RequestError(f"missing input {name}")
+            inputs[name] = tensor.as_numpy()
+        return inputs
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = [
+            self._cancelled(request) if request.is_cancelled() else self._answer(request, self.run)
+            for request in requests
+        ]
+        give_memory_back()
+        if any(response.has_error() for response in responses):
+            time.sleep(ERROR_RESPONSE_DELAY_S)
+        return responses
+
+    def _answer(
+        self, request: Any, run: Callable[[Any, dict[str, np.ndarray]], dict[str, np.ndarray]]
+    ) -> Any:
+        try:
+            outputs = run(request, self.read_inputs(request))
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]
+            return pb_utils.InferenceResponse(output_tensors=tensors)
+        except RequestError as error:
+            return self._error(f"bad request: {error}", pb_utils.TritonError.INVALID_ARG)
+        except RequestCancelled as error:
+            self.cancelled_requests += 1
+            return self._error(str(error), pb_utils.TritonError.CANCELLED)
+        except MemoryError as error:
+            return self._error(
+                f"out of memory ({error or 'allocation failed'}): send fewer classes or a smaller image, "
+                "or retry when the server is less busy",
+                pb_utils.TritonError.UNAVAILABLE,
+            )
+        except Exception as error:  # one request's failure must not take down the others
+            return self._error(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+
+    def _error(self, message: str, code: int) -> Any:
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.model_name}: {message}", code))
+
+    def _cancelled(self, request: Any) -> Any:
+        """The client gave up (timeout, disconnect, cancel): answer at once, run nothing."""
+        self.cancelled_requests += 1
+        return self._error("request cancelled by the client; not run", pb_utils.TritonError.CANCELLED)
+
+    def finalize(self) -> None:
+        pass

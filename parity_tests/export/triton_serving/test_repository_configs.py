@@ -1,0 +1,94 @@
+"""The checked-in model_repository/ does not drift from what the contract generates.
+
+For the default build (onnxruntime runtime, the default variants) every checked-in
+``<model>/config.pbtxt`` and ``<model>/1/model.py`` must equal, byte for byte, what
+``build_repository(configs_only=True)`` writes; a model checked in but no longer generated, or
+generated but not checked in, fails too. No server and no graphs are needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from parity_support import ROOT
+
+from escnet.config import MODEL_CONFIGS
+from escnet_export.contract import DEFAULT_VARIANTS, step_specs
+from escnet_export.triton_serving.configs import GraphServing, repository_models
+from escnet_export.triton_serving.repository import build_repository
+
+CHECKED_IN = ROOT / "model_repository"
+REBUILD = "python -m escnet_export.triton_serving.repository --runtime onnxruntime --configs-only"
+CODE_FILES = ("config.pbtxt", "1/model.py")
+
+
+def _code_files(repository: Path) -> dict[str, str]:
+    """relative path -> text of every config.pbtxt and 1/model.py of a repository."""
+    files = {}
+    for model in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for name in CODE_FILES:
+            path = model / name
+            if path.is_file():
+                files[f"{model.name}/{name}"] = path.read_text()
+    return files
+
+
+def _models(repository: Path) -> set[str]:
+    return {p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file()}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("generated") / "model_repository"
+    build_repository(repository, runtime="onnxruntime", variants=DEFAULT_VARIANTS, configs_only=True)
+    return repository
+
+
+def test_every_generated_model_is_checked_in_and_no_other(generated: Path) -> None:
+    stray_dirs = sorted(
+        p.name
+        for p in CHECKED_IN.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != "__pycache__"
+    )
+    checked_in, expected = _models(CHECKED_IN), _models(generated)
+    assert checked_in == expected, (
+        f"not generated but checked in: {sorted(checked_in - expected)}; "
+        f"generated but not checked in: {sorted(expected - checked_in)}. Rebuild with: {REBUILD}"
+    )
+    assert set(stray_dirs) == expected, f"folders without config.pbtxt: {sorted(set(stray_dirs) - expected)}"
+
+
+def test_checked_in_files_equal_the_generated_ones(generated: Path) -> None:
+    checked_in, expected = _code_files(CHECKED_IN), _code_files(generated)
+    assert sorted(checked_in) == sorted(expected), (
+        f"files differ: only checked in {sorted(set(checked_in) - set(expected))}, "
+        f"only generated {sorted(set(expected) - set(checked_in))}. Rebuild with: {REBUILD}"
+    )
+    drifted = [path for path in expected if checked_in[path] != expected[path]]
+    assert not drifted, (
+        f"checked-in files drifted from the generated ones: {drifted}. Rebuild with: {REBUILD}"
+    )
+
+
+def test_generated_configs_name_their_models(generated: Path) -> None:
+    """Each config names its own folder (Triton refuses a mismatch only at load time)."""
+    for model in _models(generated):
+        assert f'name: "{model}"\n' in (generated / model / "config.pbtxt").read_text()
+
+
+def test_graph_serving_sets_graph_instances_and_threads_only() -> None:
+    config = MODEL_CONFIGS[DEFAULT_VARIANTS["catseg"]]
+    models = repository_models("catseg", config, "onnxruntime", GraphServing(instances=2, threads=1))
+    specs = step_specs(config)
+    for name, text in models.items():
+        step = specs.get(name.removeprefix("catseg_"))
+        if step is None:  # the ensemble
+            assert "instance_group" not in text
+        elif step.kind == "graph":
+            assert "kind: KIND_CPU count: 2" in text, name
+            assert 'key: "threads" value: { string_value: "1" }' in text, name
+        else:
+            assert "kind: KIND_CPU count: 1" in text and '"threads"' not in text, name
+    with pytest.raises(ValueError, match="instances and threads"):
+        GraphServing(instances=0)
