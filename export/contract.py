@@ -4,6 +4,10 @@ shapes with named dynamic axes, and the optimisation profiles of those axes.
 Export, the Triton configs, the Python steps, the client and the tests all read this module; none
 retypes a tensor name. It imports neither torch nor onnx, so the client can use it.
 
+The chain is described here once too (``chain_steps``): the steps unrolled in the order they run,
+the source of every input and the name of every output. The Triton ensemble is written from it and
+the in-process chain (escnet_export.runtime.chain) loops over it.
+
 Named axes: B images (views) in a batch, T classes, N prompt texts, P templates, K points per
 class, H / W image height and width. Fixed sizes come from the variant's config (C embedding width,
 S input side, G = S / patch grid).
@@ -11,9 +15,11 @@ S input side, G = S / patch grid).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import argparse
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 
-from escnet.config import ModelConfig
+from escnet.config import MODEL_CONFIGS, ModelConfig
 
 Dim = int | str  # an int is fixed; a str names a dynamic axis
 
@@ -236,3 +242,89 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
     )
     steps.append(StepSpec("postprocess", "python", (logits, view_plan), (LABELS, SCORES)))
     return {step.name: step for step in steps}
+
+
+# --------------------------------------------------------------------------------------------------
+# The chain, unrolled
+# --------------------------------------------------------------------------------------------------
+
+# A step's output NEXT_X is the X the steps after it read (an aggregator's NEXT_EMBEDDING is the
+# next aggregator's EMBEDDING, its NEXT_SCORE the next pseudo points' SCORE).
+NEXT_PREFIX = "NEXT_"
+# Steps that are not entries of the chain: another step calls them (BLS), not the scheduler.
+CALLED_BY = {"clip_text_encoder": "text_embedder"}
+REQUEST_INPUTS = (IMAGE, CLASS_NAMES)
+REQUEST_OUTPUTS = (LABELS, SCORES)
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One entry of the unrolled chain: the step ``step`` of ``step_specs`` run as ``label``.
+
+    ``sources`` maps each input to what feeds it: a request input (``IMAGE``) or an earlier entry's
+    output, named ``<label>.<OUTPUT>``. pseudo_points runs once before every SAM block, as
+    ``pseudo_points_<k>``; every other label is its step's name.
+    """
+
+    label: str
+    step: str
+    sources: dict[str, str] = field(hash=False)
+    outputs: tuple[str, ...]
+
+    def output(self, name: str) -> str:
+        """The name this entry's output ``name`` has in the chain: ``<label>.<name>``."""
+        return f"{self.label}.{name}"
+
+
+def chain_steps(config: ModelConfig) -> tuple[ChainStep, ...]:
+    """The chain of a variant in run order, each input wired to the latest output of its name."""
+    specs = step_specs(config)
+    latest = {t.name: t.name for t in REQUEST_INPUTS}  # tensor name -> where its latest value is
+    order: list[tuple[str, StepSpec]] = []
+    for step in specs.values():
+        if step.name in CALLED_BY or step.name == "pseudo_points":
+            continue
+        if step.name.startswith("sam_prompt_decoder_"):
+            order.append((f"pseudo_points_{step.name.rsplit('_', 1)[1]}", specs["pseudo_points"]))
+        order.append((step.name, step))
+    chain = []
+    for label, step in order:
+        entry = ChainStep(
+            label=label,
+            step=step.name,
+            sources={name: latest[name] for name in step.input_names},
+            outputs=tuple(step.output_names),
+        )
+        for name in entry.outputs:
+            latest[name.removeprefix(NEXT_PREFIX)] = entry.output(name)
+        chain.append(entry)
+    return tuple(chain)
+
+
+def request_output_sources(config: ModelConfig) -> dict[str, str]:
+    """The ensemble's outputs -> the chain outputs that answer them (the last step's)."""
+    last = chain_steps(config)[-1]
+    return {t.name: last.output(t.name) for t in REQUEST_OUTPUTS}
+
+
+def describe_chain(config: ModelConfig) -> str:
+    """The chain as text, one entry a line: ``label (step): INPUT <- source, ... -> OUTPUTS``."""
+    lines = []
+    for entry in chain_steps(config):
+        inputs = ", ".join(f"{name} <- {source}" for name, source in entry.sources.items())
+        called = [name for name, caller in CALLED_BY.items() if caller == entry.step]
+        calls = f" (calls {', '.join(called)})" if called else ""
+        lines.append(f"{entry.label:<22} {inputs} -> {', '.join(entry.outputs)}{calls}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m escnet_export.contract --variant escnet_vitb16_384``: print the chain."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--variant", default=DEFAULT_VARIANTS["escnet"], choices=sorted(MODEL_CONFIGS))
+    args = parser.parse_args(argv)
+    print(describe_chain(MODEL_CONFIGS[args.variant]))
+
+
+if __name__ == "__main__":
+    main()

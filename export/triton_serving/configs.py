@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 
 from escnet.config import InferenceProtocol, ModelConfig
 from escnet_export.contract import (
-    CLASS_NAMES,
-    IMAGE,
-    LABELS,
+    REQUEST_INPUTS,
     REQUEST_LIMITS,
-    SCORES,
+    REQUEST_OUTPUTS,
     StepSpec,
     TensorSpec,
+    chain_steps,
+    request_output_sources,
     step_specs,
 )
 from escnet_export.runtime.memory_model import resolve_budget
@@ -139,48 +139,29 @@ def step_config(
     return head + _io("input", step.inputs) + _io("output", step.outputs) + instances + _parameters(params)
 
 
-def _rename(tensor: str) -> str:
-    """An aggregator's NEXT_X becomes the X the following steps read."""
-    return tensor.removeprefix("NEXT_")
-
-
 def ensemble_config(ensemble: str, config: ModelConfig) -> str:
-    """The ensemble chaining every step in contract order; pseudo_points runs once per ESC block."""
-    specs = step_specs(config)
-    producer: dict[str, str] = {IMAGE.name: IMAGE.name, CLASS_NAMES.name: CLASS_NAMES.name}
-    steps: list[str] = []
-    order = list(specs.values())
-    # pseudo_points precedes every SAM block; the contract lists it once.
-    expanded: list[tuple[str, StepSpec]] = []
-    for step in order:
-        if step.name == "pseudo_points":
-            continue
-        if step.name.startswith("sam_prompt_decoder_"):
-            expanded.append((f"pseudo_points_{step.name.rsplit('_', 1)[1]}", specs["pseudo_points"]))
-        expanded.append((step.name, step))
-    chain = [(label, step) for label, step in expanded if step.name != "clip_text_encoder"]
-    # The text encoder is called by the text embedder (BLS), not as a step of the ensemble.
-    wiring: list[tuple[str, StepSpec, dict[str, str], dict[str, str]]] = []
-    for label, step in chain:
-        inputs = {t.name: producer[t.name] for t in step.inputs}
-        outputs = {}
-        for t in step.outputs:
-            outputs[t.name] = t.name if t.name in (LABELS.name, SCORES.name) else f"{label}.{t.name}"
-            producer[_rename(t.name)] = outputs[t.name]
-        wiring.append((label, step, inputs, outputs))
+    """The ensemble: the contract's chain (chain_steps), one scheduling step per entry.
+
+    A chain output ``<label>.<NAME>`` is the ensemble tensor of that name; the last step's LABELS
+    and SCORES are the ensemble's outputs.
+    """
+    chain = chain_steps(config)
+    answers = {source: name for name, source in request_output_sources(config).items()}
     # Triton refuses an ensemble tensor nobody reads: map only outputs that are used.
-    used = {value for _, _, inputs, _ in wiring for value in inputs.values()} | {LABELS.name, SCORES.name}
-    for _, step, inputs, outputs in wiring:
-        lines = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())
-        lines += "".join(
-            f'      output_map {{ key: "{k}" value: "{v}" }}\n' for k, v in outputs.items() if v in used
-        )
-        head = f'    {{\n      model_name: "{model_name(ensemble, step.name)}"\n      model_version: -1\n'
+    used = {source for entry in chain for source in entry.sources.values()} | set(answers)
+    steps: list[str] = []
+    for entry in chain:
+        lines = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in entry.sources.items())
+        for name in entry.outputs:
+            source = entry.output(name)
+            if source in used:
+                lines += f'      output_map {{ key: "{name}" value: "{answers.get(source, source)}" }}\n'
+        head = f'    {{\n      model_name: "{model_name(ensemble, entry.step)}"\n      model_version: -1\n'
         steps.append(f"{head}{lines}    }}")
     return (
         f'name: "{ensemble}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
-        + _io("input", (IMAGE, CLASS_NAMES))
-        + _io("output", (LABELS, SCORES))
+        + _io("input", REQUEST_INPUTS)
+        + _io("output", REQUEST_OUTPUTS)
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(steps)
         + "\n  ]\n}\n"
