@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 SINGLE_TEMPLATE: tuple[str, ...] = ("A photo of a {} in the scene",)
-MAX_CLASS_NAME_CHARS = 200  # CLIP reads 77 tokens; a longer name is refused, not silently cut
+# One class name, in UTF-8 bytes (the unit a served request's names arrive in); CLIP reads 77 tokens,
+# and a longer name is refused, never silently cut. The served limit (RequestLimits) defaults to it.
+MAX_CLASS_NAME_BYTES = 200
 
 
 def split_synonyms(class_name: str, rule: str = "first") -> list[str]:
@@ -46,7 +48,7 @@ def validate_class_names(class_names: Sequence[str], rule: str = "first") -> lis
     for name in names:
         if not isinstance(name, str):
             raise ValueError(f"class name {name!r} is not a string")
-        if len(name) > MAX_CLASS_NAME_CHARS:
-            raise ValueError(f"class name {name[:40]!r}... is longer than {MAX_CLASS_NAME_CHARS} characters")
+        if len(name.encode()) > MAX_CLASS_NAME_BYTES:
+            raise ValueError(f"class name {name[:40]!r}... is longer than {MAX_CLASS_NAME_BYTES} bytes")
         split_synonyms(name, rule)
     return names

@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from escnet.class_names import (
-    MAX_CLASS_NAME_CHARS,
+    MAX_CLASS_NAME_BYTES,
     SINGLE_TEMPLATE,
     split_synonyms,
     validate_class_names,
 )
 
 __all__ = [
-    "MAX_CLASS_NAME_CHARS",
+    "MAX_CLASS_NAME_BYTES",
     "SINGLE_TEMPLATE",
     "PromptBatch",
     "build_prompts",

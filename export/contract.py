@@ -19,6 +19,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+from escnet.class_names import MAX_CLASS_NAME_BYTES
 from escnet.config import MODEL_CONFIGS, ModelConfig
 
 Dim = int | str  # an int is fixed; a str names a dynamic axis
@@ -82,7 +83,6 @@ AXIS_PROFILES: dict[str, AxisProfile] = {
     "P": AxisProfile(1, 1, 1),
     "K": AxisProfile(5, 5, 5),
 }
-TOKEN_LENGTH = 77  # CLIP's context length
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class RequestLimits:
     max_pixels: int = 4096 * 4096  # H * W; a larger image is refused, not resized into memory trouble
     max_score_elements: int = 2**28  # T * H * W: the full-size scores (1 GiB of float32) postprocess makes
     max_classes: int = AXIS_PROFILES["T"].maximum  # T; also the engines' profile maximum
-    max_name_bytes: int = 200  # one class name, UTF-8 bytes; longer is refused, never truncated
+    max_name_bytes: int = MAX_CLASS_NAME_BYTES  # one class name, UTF-8 bytes; refused, never truncated
 
     def parameters(self) -> dict[str, str]:
         """The limits as Triton model config parameters (string values)."""
@@ -153,7 +153,7 @@ def step_specs(config: ModelConfig) -> dict[str, StepSpec]:
     features = _t("IMAGE_FEATURES", "FP32", "B", c, g, g)
     guidance_mid = _t("GUIDANCE_MID", "FP32", "B", mid, 2 * g, 2 * g)
     guidance_fine = _t("GUIDANCE_FINE", "FP32", "B", fine, 4 * g, 4 * g)
-    tokens = _t("TOKENS", "INT32", "N", TOKEN_LENGTH)
+    tokens = _t("TOKENS", "INT32", "N", config.clip.context_length)
     text_features = _t("TEXT_FEATURES", "FP32", "N", c)
     text_embeddings = _t("TEXT_EMBEDDINGS", "FP32", "T", "P", c)
     embedding = _t("EMBEDDING", "FP32", "B", hidden, "T", g, g)

@@ -37,8 +37,8 @@ def quoted(name: str) -> str:
     return repr(name[:QUOTED_CHARS]) + ("..." if len(name) > QUOTED_CHARS else "")
 
 
-def check_image(image: np.ndarray, limits: RequestLimits) -> None:
-    """IMAGE [H, W, 3] uint8 within min_side and max_pixels, else RequestError."""
+def check_image_format(image: np.ndarray) -> None:
+    """IMAGE [H, W, 3] uint8 RGB and not empty, else RequestError naming what is wrong with it."""
     if image.dtype != np.uint8:
         raise RequestError(f"IMAGE must be uint8 RGB, got dtype {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -46,6 +46,12 @@ def check_image(image: np.ndarray, limits: RequestLimits) -> None:
     height, width = int(image.shape[0]), int(image.shape[1])
     if height == 0 or width == 0:
         raise RequestError(f"image is empty: shape {list(image.shape)}")
+
+
+def check_image(image: np.ndarray, limits: RequestLimits) -> None:
+    """IMAGE [H, W, 3] uint8 within min_side and max_pixels, else RequestError."""
+    check_image_format(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
     if min(height, width) < limits.min_side:
         raise RequestError(
             f"image of {height}x{width} pixels is too small: each side must be at least {limits.min_side}"
@@ -102,10 +108,10 @@ def synonym_key(name: str, rule: str = "first") -> tuple[str, ...]:
     Empty when nothing of the name would be encoded.
     """
     try:
-        split_synonyms(name, rule)
+        synonyms = split_synonyms(name, rule)
     except ValueError:
         return ()
-    parts = name.split(",") if rule == "average" else [name]
+    parts = synonyms if rule == "average" else [name]
     normalised = (" ".join(part.lower().split()) for part in parts)
     return tuple(part for part in normalised if part)
 

@@ -23,23 +23,13 @@ from escnet.config import ModelConfig
 from escnet.view_plan import ViewPlan, plan_views, resize_shortest_edge
 from escnet_export.runtime import numpy_pseudo_points, numpy_views
 from escnet_export.runtime.clip_tokenizer import ClipTokenizer
-
-
-def check_pixels(image: np.ndarray) -> np.ndarray:
-    """IMAGE [H, W, 3] uint8 RGB, else a ValueError naming what is wrong with it."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape [H, W, 3] (RGB), got {tuple(image.shape)}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    return image
+from escnet_export.runtime.request_checks import check_image_format
 
 
 def preprocess(image: np.ndarray, config: ModelConfig) -> dict[str, np.ndarray]:
     """IMAGE [H, W, 3] uint8 -> IMAGES [V, 3, S, S] float32, VIEW_PLAN [9] int32 (config.protocol)."""
-    pixels = check_pixels(image)
+    pixels = np.asarray(image)
+    check_image_format(pixels)  # the request's edge (preprocess) has checked it against the limits too
     plan = plan_views(pixels.shape[0], pixels.shape[1], config.protocol)
     views = numpy_views.make_views(resize_shortest_edge(pixels, config.protocol), plan, config)
     return {"IMAGES": views, "VIEW_PLAN": plan.encode()}

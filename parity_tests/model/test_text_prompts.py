@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from escnet.text_prompts import (
-    MAX_CLASS_NAME_CHARS,
+    MAX_CLASS_NAME_BYTES,
     SINGLE_TEMPLATE,
     build_prompts,
     class_text_embeddings,
@@ -73,7 +73,7 @@ def test_unknown_rule_is_refused() -> None:
         (["person", 3], "3 is not a string"),
         ([None], "None is not a string"),
         ([b"person"], "b'person' is not a string"),
-        (["x" * (MAX_CLASS_NAME_CHARS + 1)], f"longer than {MAX_CLASS_NAME_CHARS} characters"),
+        (["x" * (MAX_CLASS_NAME_BYTES + 1)], f"longer than {MAX_CLASS_NAME_BYTES} bytes"),
     ],
     ids=[
         "empty-list",
@@ -97,7 +97,7 @@ def test_bad_class_names_refused_naming_the_problem(names: object, problem: str)
 
 
 def test_longest_allowed_name_accepted() -> None:
-    assert validate_class_names(["x" * MAX_CLASS_NAME_CHARS]) == ["x" * MAX_CLASS_NAME_CHARS]
+    assert validate_class_names(["x" * MAX_CLASS_NAME_BYTES]) == ["x" * MAX_CLASS_NAME_BYTES]
 
 
 def test_prompt_order_class_then_template_then_synonym() -> None:

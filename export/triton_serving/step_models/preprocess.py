@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from escnet.class_names import SINGLE_TEMPLATE
-from escnet_export.contract import TOKEN_LENGTH, step_specs
+from escnet_export.contract import step_specs
 from escnet_export.runtime import steps
 from escnet_export.runtime.memory_model import RequestShape, estimate_request_memory, resolve_budget
 from escnet_export.runtime.request_checks import (
@@ -54,7 +54,9 @@ class TritonPythonModel(StepModel):
         rule = self.config.protocol.synonyms
         names = decode_class_names(inputs["CLASS_NAMES"], self.limits, rule)
         unchecked = [name for name in dict.fromkeys(names) if name not in self.token_checked]
-        check_prompt_tokens(unchecked, SINGLE_TEMPLATE, self.count_tokens, TOKEN_LENGTH, rule)
+        check_prompt_tokens(
+            unchecked, SINGLE_TEMPLATE, self.count_tokens, self.config.clip.context_length, rule
+        )
         if len(self.token_checked) + len(unchecked) > CHECKED_NAMES_KEPT:
             self.token_checked.clear()
         self.token_checked.update(unchecked)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from escnet_export.contract import REQUEST_LIMITS, TOKEN_LENGTH, RequestLimits
+from escnet.config import MODEL_CONFIGS
+from escnet_export.contract import DEFAULT_VARIANTS, REQUEST_LIMITS, RequestLimits
 from escnet_export.runtime.request_checks import (
     RequestError,
     check_image,
@@ -19,6 +20,7 @@ from escnet_export.runtime.request_checks import (
     decode_class_names,
 )
 
+TOKEN_LENGTH = MODEL_CONFIGS[DEFAULT_VARIANTS["escnet"]].clip.context_length  # CLIP's context
 LIMITS = RequestLimits(min_side=8, max_pixels=100 * 100, max_score_elements=3 * 50 * 50, max_classes=4)
 
 

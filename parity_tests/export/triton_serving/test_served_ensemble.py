@@ -33,6 +33,7 @@ from parity_support import ROOT  # noqa: E402
 from triton_fixtures import CLIENT_TIMEOUT_S  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
+from escnet.config import MODEL_CONFIGS  # noqa: E402
 from escnet_export import parity  # noqa: E402
 from escnet_export.contract import (  # noqa: E402
     CLASS_NAMES,
@@ -42,7 +43,6 @@ from escnet_export.contract import (  # noqa: E402
     MAX_CLASSES,
     REQUEST_LIMITS,
     SCORES,
-    TOKEN_LENGTH,
 )
 from escnet_export.triton_serving.configs import model_name  # noqa: E402
 
@@ -262,6 +262,9 @@ def test_repeated_vocabulary_hits_the_cache(http_client: Any) -> None:
 # -- bad requests ------------------------------------------------------------------------------------
 
 
+CONTEXT_LENGTH = MODEL_CONFIGS[DEFAULT_VARIANTS["escnet"]].clip.context_length  # CLIP's 77 tokens
+
+
 def _image() -> np.ndarray:
     return photo("chelsea")
 
@@ -312,7 +315,7 @@ BAD_REQUESTS = {
     "class name over CLIP's 77 tokens": (
         _image,
         ["cat", " ".join(["q"] * 100)],
-        rf"makes a prompt of \d+ tokens; CLIP reads at most {TOKEN_LENGTH}",
+        rf"makes a prompt of \d+ tokens; CLIP reads at most {CONTEXT_LENGTH}",
     ),
 }
 # The follow-up good request goes to catseg, the cheaper ensemble (both share the edge step's code;
