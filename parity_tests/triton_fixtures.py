@@ -43,7 +43,7 @@ def missing_serving_reason() -> str | None:
     """Why this machine cannot run the served tests, or None when it can."""
     if importlib.util.find_spec("tritonclient") is None:
         return "tritonclient is not installed (pip install -e '.[serve]')"
-    from escnet_export.triton_serving.server import locate_tritonserver
+    from escnet_export.triton_serving.install import locate_tritonserver
 
     try:
         locate_tritonserver()

@@ -31,7 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-from escnet_export.triton_serving.server import with_malloc_hugepages
+from escnet_export.triton_serving.install import with_malloc_hugepages
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY = ROOT / "parity_tests" / "data" / "vocabulary.txt"

@@ -33,7 +33,8 @@ import tritonclient.http as http
 from skimage import data
 
 from escnet_client import read_classes_file
-from escnet_export.triton_serving.server import TritonServer, with_malloc_hugepages
+from escnet_export.triton_serving.install import with_malloc_hugepages
+from escnet_export.triton_serving.server import TritonServer
 from escnet_export.triton_serving.stats import composing_seconds, compute_snapshot, python_share
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,13 +19,13 @@ from triton_fixtures import needs_server
 from escnet.config import MODEL_CONFIGS
 from escnet_export.contract import step_specs
 from escnet_export.triton_serving.configs import model_module, step_config
-from escnet_export.triton_serving.repository import model_py_text
-from escnet_export.triton_serving.server import (
+from escnet_export.triton_serving.model_files import (
     BrokenModelFile,
     ModelRepositoryNotBuilt,
-    TritonServer,
     check_model_repository,
 )
+from escnet_export.triton_serving.repository import model_py_text
+from escnet_export.triton_serving.server import TritonServer
 
 VARIANT = "catseg_vitb16_384"
 GRAPH = "decoder"  # a small graph of the chain

@@ -22,13 +22,12 @@ import pytest
 from parity_support import ROOT
 from triton_fixtures import needs_server
 
-from escnet_export.triton_serving.server import (
+from escnet_export.triton_serving.install import (
     MALLOC_HUGEPAGES_TUNABLE,
-    TritonServer,
-    free_port,
     locate_tritonserver,
     with_malloc_hugepages,
 )
+from escnet_export.triton_serving.server import TritonServer, free_port
 
 SERVE_SH = ROOT / "scripts" / "serve.sh"
 STOP_SH = ROOT / "scripts" / "stop_server.sh"
