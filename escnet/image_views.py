@@ -86,7 +86,7 @@ def segment_probabilities(
 
     The views go through the network one at a time: no operation of the network spans the batch,
     so each view's logits are what a batch of all views would give, and the working memory is one
-    view's (a sliding window of 5 views with T = 150 classes would otherwise need ~10 GiB at once).
+    view's, not five views' (README, Memory).
     """
     config: ModelConfig = model.config
     plan = plan_views(pixels.shape[0], pixels.shape[1], config.protocol)

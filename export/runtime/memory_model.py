@@ -8,16 +8,15 @@ Where a request's memory goes (measured with scripts/benchmark_memory.py; README
    outputs through a shared-memory region of its own, which the backend grows to fit them and
    does not shrink (tritonserver 2.51). So a request needs, at its end, the sum over its steps of
    their inputs' and outputs' bytes (``io``): computed here exactly from the contract's shapes,
-   and confirmed by measurement (the server's memory after a catseg request rose by 0.39 / 1.68 /
-   3.15 GiB at T = 20 / 150 / 300 against 0.30 / 1.57 / 3.03 GiB computed). The step watchdog
+   and confirmed by measurement (README, Memory: server growth against tensors between steps).
+   The step watchdog
    gives it back once the server is idle (escnet_export.triton_serving.step_watchdog).
 2. **The largest step's working memory** beyond its tensors (``work``): the peak RSS rise of the
    step's process minus its io, measured at T = 20, 150 and 300 on 480x640 photos (2-core CI
    machine, default RunChunks), interpolated piecewise linearly in the step's driver and extended
    beyond the last point along the last (steepest) segment. The steps run one after another.
-3. **tritonserver's own** (not shared) memory: 0.3 GiB + 15 % of the io (when the kernel's OOM
-   killer stopped an escnet T=300 request here, tritonserver held 1.3 GiB of its own beside 11.4
-   GiB of shared regions).
+3. **tritonserver's own** (not shared) memory: 0.3 GiB + 15 % of the io (the margin measured when
+   the kernel's OOM killer stopped a large request: README, Memory).
 
     peak = 1.15 * io + 0.3 GiB + max over steps s of work_s(x_s)
 

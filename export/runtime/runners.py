@@ -7,10 +7,9 @@ work, so a wrong tensor fails with a message naming it.
 Graphs run in chunks of their separable axes (``RunChunks``, StepSpec.separable): every graph
 computes each view (axis B) on its own, the text encoder each text (N), the SAM blocks and the
 decoder each class (T), so running them in slices gives the same answer with a bounded working
-memory. That bound matters: with the official 1x1 pooling, one CAT-Seg aggregator needed 4.6 GiB
-for the five views of a T=20 request run together and 1.2 GiB one view at a time (class attention
-sees 256+ classes at each of the 576 cells of a view), and the text encoder 2.5 GiB for 150 new
-names in one run (scripts/benchmark_memory.py; README, Memory).
+memory. That bound matters most for the aggregators under the official 1x1 pooling, whose class
+attention sees 256+ classes at each cell of a view, and for the text encoder on many new names
+(figures: README, Memory, "What the code's choices were measured at"; scripts/benchmark_memory.py).
 """
 
 from __future__ import annotations

@@ -85,9 +85,8 @@ class GraphServing:
 
     The default (one instance, threads = all cores) gives the lowest latency for one request at a
     time. Where several requests run at once, more instances with fewer threads each use the cores
-    better: catseg T=20 at concurrency 2 on 2 cores served 0.449 images/s with 2 instances x 1
-    thread against 0.359 with 1 x 2 (README, Performance), at the cost of a process (and its
-    memory) per extra instance. The ESCNET_ORT_THREADS environment variable overrides ``threads``.
+    better (README, Performance: instances x threads), at the cost of a process (and its memory)
+    per extra instance. The ESCNET_ORT_THREADS environment variable overrides ``threads``.
     """
 
     instances: int = 1

@@ -188,10 +188,10 @@ def with_malloc_hugepages(env: Mapping[str, str]) -> dict[str, str]:
     Why: the graphs run without an onnxruntime memory arena (runners.py: an arena keeps every
     step's peak for the server's lifetime), so each run maps its large intermediate tensors afresh
     and pays one page fault per 4 KiB page. With ``glibc.malloc.hugetlb=1`` (glibc >= 2.35; THP in
-    ``madvise`` or ``always`` mode) those mappings fault in 2 MiB pages: escnet's aggregator at
-    T=150 ran in 1.86-2.17 s instead of 2.36-2.86 s per call on the 2-core CI machine, with the same
-    peak RSS. Elsewhere the tunable is ignored. ``ESCNET_MALLOC_HUGEPAGES=0`` leaves it out (for
-    before/after measurements); a GLIBC_TUNABLES that already names ``glibc.malloc.hugetlb`` wins.
+    ``madvise`` or ``always`` mode) those mappings fault in 2 MiB pages, faster at the same peak
+    RSS (README, Performance: optimisations). Elsewhere the tunable is ignored.
+    ``ESCNET_MALLOC_HUGEPAGES=0`` leaves it out (for before/after measurements); a GLIBC_TUNABLES
+    that already names ``glibc.malloc.hugetlb`` wins.
     """
     env = dict(env)
     tunables = env.get("GLIBC_TUNABLES", "")

@@ -19,7 +19,7 @@ stays unavailable and the server not-ready, which is the signal for an orchestra
 
 It also gives memory back: the Python backend grows each step's shared-memory region to the
 largest tensors the step has exchanged and never shrinks it, so a request with many classes
-leaves its tensors' worth of memory behind (a T=150 catseg request left 0.7 GiB). When the server
+leaves its tensors' worth of memory behind (README, Memory). When the server
 has been idle (no process of it used CPU) for ``reclaim_after_s`` and a step's region exceeds
 ``reclaim_above_bytes``, the watchdog reloads that step in place: a load with the step's own
 config and a new ``reload_token`` parameter, which Triton serves through (new instances first,
