@@ -203,32 +203,19 @@ CLIP_VITL14 = ClipConfig(
     guidance_layers=(7, 15),
 )
 
-# The variant registry: name -> config (escnet.registry.build_model builds them).
+# The variant registry: name -> config (escnet.registry.build_model builds them). Each network on
+# each CLIP tower: ESC-Net has four ESC blocks (SAM block + aggregator), CAT-Seg two aggregator layers.
+NETWORKS = {"escnet": (True, 4), "catseg": (False, 2)}  # name -> (use_sam_blocks, aggregator layers)
+TOWERS = {"vitb16_384": CLIP_VITB16, "vitl14_336": CLIP_VITL14}
 MODEL_CONFIGS: dict[str, ModelConfig] = {
-    "escnet_vitb16_384": ModelConfig(
-        name="escnet_vitb16_384",
-        clip=CLIP_VITB16,
-        aggregator=AggregatorConfig(num_layers=4),
-        use_sam_blocks=True,
-    ),
-    "escnet_vitl14_336": ModelConfig(
-        name="escnet_vitl14_336",
-        clip=CLIP_VITL14,
-        aggregator=AggregatorConfig(num_layers=4),
-        use_sam_blocks=True,
-    ),
-    "catseg_vitb16_384": ModelConfig(
-        name="catseg_vitb16_384",
-        clip=CLIP_VITB16,
-        aggregator=AggregatorConfig(num_layers=2),
-        use_sam_blocks=False,
-    ),
-    "catseg_vitl14_336": ModelConfig(
-        name="catseg_vitl14_336",
-        clip=CLIP_VITL14,
-        aggregator=AggregatorConfig(num_layers=2),
-        use_sam_blocks=False,
-    ),
+    f"{network}_{tower}": ModelConfig(
+        name=f"{network}_{tower}",
+        clip=clip,
+        aggregator=AggregatorConfig(num_layers=layers),
+        use_sam_blocks=sam,
+    )
+    for network, (sam, layers) in NETWORKS.items()
+    for tower, clip in TOWERS.items()
 }
 
 DESIGN_DECISIONS: dict[str, str] = {

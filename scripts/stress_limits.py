@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
+from benchmark_memory import request_inputs  # a sibling script: scripts/ is on the path
 from PIL import Image
 from skimage import data as skimage_data
 from tritonclient.utils import InferenceServerException
@@ -120,12 +121,7 @@ def send(
     names: list[str],
     scores: bool = False,
 ) -> Outcome:
-    inputs = [
-        httpclient.InferInput("IMAGE", list(image.shape), "UINT8"),
-        httpclient.InferInput("CLASS_NAMES", [len(names)], "BYTES"),
-    ]
-    inputs[0].set_data_from_numpy(image)
-    inputs[1].set_data_from_numpy(np.array([n.encode() for n in names], dtype=np.object_))
+    inputs = request_inputs(image, names)
     wanted = ["LABELS", "SCORES"] if scores else ["LABELS"]
     start = time.perf_counter()
     try:
