@@ -132,7 +132,15 @@ def test_uniform_map_kmeans_two_clusters_tie_goes_to_lower_cluster() -> None:
     assert out.points[0, 1, 1].item() == pytest.approx(4 * edge + 1.5, abs=1e-5)
 
 
-def test_kmeans_distance_tie_is_exact() -> None:
+@pytest.mark.parametrize(
+    ("exists", "expected"),
+    [
+        pytest.param([True, True], [[0, 0, 1]], id="tie-to-lower-index"),
+        # A cluster that does not exist is never chosen, however close.
+        pytest.param([True, False], [[0, 0, 0]], id="absent-cluster-never-chosen"),
+    ],
+)
+def test_kmeans_distance_tie_is_exact(exists: list[bool], expected: list[list[int]]) -> None:
     # Centre 0 = (2, 1) (one cell), centre 1 = (6, 17) / 5 = (1.2, 3.4) (five cells). Cell (1, 2) is
     # at squared distance 1 + 1 = 2 from centre 0 and 0.2^2 + 1.4^2 = 0.04 + 1.96 = 2 from centre 1:
     # a true tie, which goes to the lower index 0. In floating point 1.2 and 3.4 are inexact and the
@@ -141,27 +149,15 @@ def test_kmeans_distance_tie_is_exact() -> None:
     # D_1 * n_0^2 = ((5 - 6)^2 + (10 - 17)^2) * 1 = 50: equal.
     # Cell (0, 0): 4 + 1 = 5 from centre 0, 1.44 + 11.56 = 13 from centre 1 -> 0.
     # Cell (1, 4): 1 + 9 = 10 from centre 0, 0.04 + 0.36 = 0.4 from centre 1 -> 1.
-    rows = torch.tensor([1, 0, 1])
-    cols = torch.tensor([2, 0, 4])
     assignment = _assign(
-        rows,
-        cols,
+        torch.tensor([1, 0, 1]),
+        torch.tensor([2, 0, 4]),
         row_sums=torch.tensor([[2, 6]]),
         col_sums=torch.tensor([[1, 17]]),
         counts=torch.tensor([[1, 5]]),
-        exists=torch.tensor([[True, True]]),
+        exists=torch.tensor([exists]),
     )
-    assert assignment.tolist() == [[0, 0, 1]]
-    # A cluster that does not exist is never chosen, however close.
-    assignment = _assign(
-        rows,
-        cols,
-        row_sums=torch.tensor([[2, 6]]),
-        col_sums=torch.tensor([[1, 17]]),
-        counts=torch.tensor([[1, 5]]),
-        exists=torch.tensor([[True, False]]),
-    )
-    assert assignment.tolist() == [[0, 0, 0]]
+    assert assignment.tolist() == expected
 
 
 def test_fewer_foreground_cells_than_clusters_uniform_2x2() -> None:
