@@ -57,24 +57,35 @@ CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
 
+def linear(prefix: str, out_features: int, in_features: int) -> Shapes:
+    """nn.Linear: ``weight`` [out, in] and ``bias`` [out]."""
+    return {prefix + "weight": (out_features, in_features), prefix + "bias": (out_features,)}
+
+
+def norm(prefix: str, dim: int) -> Shapes:
+    """nn.LayerNorm: ``weight`` and ``bias`` [dim]."""
+    return {prefix + "weight": (dim,), prefix + "bias": (dim,)}
+
+
+def mlp(first: str, second: str, dim: int) -> Shapes:
+    """The two Linear layers of a transformer MLP, dim -> 4 dim -> dim."""
+    return linear(first, 4 * dim, dim) | linear(second, dim, 4 * dim)
+
+
 def official_attention_block(prefix: str, width: int) -> Shapes:
     """model_vpt.ResidualAttentionBlock with its ``Attention`` (separate q/k/v projection weights)."""
-    return {
-        prefix + "attn.q_proj_weight": (width, width),
-        prefix + "attn.k_proj_weight": (width, width),
-        prefix + "attn.v_proj_weight": (width, width),
-        prefix + "attn.in_proj_bias": (3 * width,),
-        prefix + "attn.out_proj.weight": (width, width),
-        prefix + "attn.out_proj.bias": (width,),
-        prefix + "ln_1.weight": (width,),
-        prefix + "ln_1.bias": (width,),
-        prefix + "mlp.c_fc.weight": (4 * width, width),
-        prefix + "mlp.c_fc.bias": (4 * width,),
-        prefix + "mlp.c_proj.weight": (width, 4 * width),
-        prefix + "mlp.c_proj.bias": (width,),
-        prefix + "ln_2.weight": (width,),
-        prefix + "ln_2.bias": (width,),
-    }
+    return (
+        {
+            prefix + "attn.q_proj_weight": (width, width),
+            prefix + "attn.k_proj_weight": (width, width),
+            prefix + "attn.v_proj_weight": (width, width),
+            prefix + "attn.in_proj_bias": (3 * width,),
+        }
+        | linear(prefix + "attn.out_proj.", width, width)
+        | norm(prefix + "ln_1.", width)
+        | mlp(prefix + "mlp.c_fc.", prefix + "mlp.c_proj.", width)
+        | norm(prefix + "ln_2.", width)
+    )
 
 
 def official_clip(
@@ -115,24 +126,15 @@ def official_swin_block(
     prefix: str, dim: int, guidance: int, shifted: bool, windows: int, area: int
 ) -> Shapes:
     """model.SwinTransformerBlock: WindowAttention q/k (dim + guidance -> dim), v, proj; timm Mlp."""
-    keys: Shapes = {
-        prefix + "norm1.weight": (dim,),
-        prefix + "norm1.bias": (dim,),
-        prefix + "attn.q.weight": (dim, dim + guidance),
-        prefix + "attn.q.bias": (dim,),
-        prefix + "attn.k.weight": (dim, dim + guidance),
-        prefix + "attn.k.bias": (dim,),
-        prefix + "attn.v.weight": (dim, dim),
-        prefix + "attn.v.bias": (dim,),
-        prefix + "attn.proj.weight": (dim, dim),
-        prefix + "attn.proj.bias": (dim,),
-        prefix + "norm2.weight": (dim,),
-        prefix + "norm2.bias": (dim,),
-        prefix + "mlp.fc1.weight": (4 * dim, dim),
-        prefix + "mlp.fc1.bias": (4 * dim,),
-        prefix + "mlp.fc2.weight": (dim, 4 * dim),
-        prefix + "mlp.fc2.bias": (dim,),
-    }
+    keys: Shapes = (
+        norm(prefix + "norm1.", dim)
+        | linear(prefix + "attn.q.", dim, dim + guidance)
+        | linear(prefix + "attn.k.", dim, dim + guidance)
+        | linear(prefix + "attn.v.", dim, dim)
+        | linear(prefix + "attn.proj.", dim, dim)
+        | norm(prefix + "norm2.", dim)
+        | mlp(prefix + "mlp.fc1.", prefix + "mlp.fc2.", dim)
+    )
     if shifted:
         keys[prefix + "attn_mask"] = (windows, area, area)
     return keys
@@ -175,24 +177,15 @@ def official_aggregator(*, embed_dim: int, num_layers: int = 2) -> Shapes:
         keys |= official_swin_block(swin + "block_2.", hidden, app_proj, True, windows, area)
         keys |= {swin + "guidance_norm.weight": (app_proj,), swin + "guidance_norm.bias": (app_proj,)}
         cls = f"{AGG}layers.{layer}.attention."
-        keys |= {
-            cls + "attention.q.weight": (hidden, hidden + text_proj),
-            cls + "attention.q.bias": (hidden,),
-            cls + "attention.k.weight": (hidden, hidden + text_proj),
-            cls + "attention.k.bias": (hidden,),
-            cls + "attention.v.weight": (hidden, hidden),
-            cls + "attention.v.bias": (hidden,),
-            cls + "MLP.0.weight": (4 * hidden, hidden),
-            cls + "MLP.0.bias": (4 * hidden,),
-            cls + "MLP.2.weight": (hidden, 4 * hidden),
-            cls + "MLP.2.bias": (hidden,),
-            cls + "norm1.weight": (hidden,),
-            cls + "norm1.bias": (hidden,),
-            cls + "norm2.weight": (hidden,),
-            cls + "norm2.bias": (hidden,),
-            cls + "padding_tokens": (1, 1, hidden),
-            cls + "padding_guidance": (1, 1, text_proj),
-        }
+        keys |= (
+            linear(cls + "attention.q.", hidden, hidden + text_proj)
+            | linear(cls + "attention.k.", hidden, hidden + text_proj)
+            | linear(cls + "attention.v.", hidden, hidden)
+            | mlp(cls + "MLP.0.", cls + "MLP.2.", hidden)
+            | norm(cls + "norm1.", hidden)
+            | norm(cls + "norm2.", hidden)
+            | {cls + "padding_tokens": (1, 1, hidden), cls + "padding_guidance": (1, 1, text_proj)}
+        )
     return keys
 
 
