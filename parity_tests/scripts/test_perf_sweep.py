@@ -40,12 +40,19 @@ ONE_REQUEST_WARNING = (
     "(UINT64_MAX).\n"
 )
 
+
+def passes(*windows: tuple[str, int]) -> str:
+    """perf_analyzer's verbose ``Pass [n]`` lines, one per (throughput as printed, p50 usec) window."""
+    return "".join(
+        f"  Pass [{n}] throughput: {throughput} infer/sec. p50 latency: {usec} usec\n"
+        for n, (throughput, usec) in enumerate(windows, start=1)
+    )
+
+
 STABLE_STDOUT = (
     HEADER
+    + passes(("0.0905361", 10803280), ("0.090565", 10447498), ("0.110865", 8943840))
     + """\
-  Pass [1] throughput: 0.0905361 infer/sec. p50 latency: 10803280 usec
-  Pass [2] throughput: 0.090565 infer/sec. p50 latency: 10447498 usec
-  Pass [3] throughput: 0.110865 infer/sec. p50 latency: 8943840 usec
   Client:
     Request count: 3
     Throughput: 0.0964409 infer/sec
@@ -87,14 +94,7 @@ Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p
 1,0.0964409,233,584,3,2685,10037798,23560,7,10447498,10803280,10803280,10803280
 """
 
-UNSTABLE_STDOUT = (
-    HEADER
-    + """\
-  Pass [1] throughput: 0.199573 infer/sec. p50 latency: 4472536 usec
-  Pass [2] throughput: 0.0903834 infer/sec. p50 latency: 10750945 usec
-  Pass [3] throughput: 0.0996796 infer/sec. p50 latency: 10446427 usec
-"""
-)
+UNSTABLE_STDOUT = HEADER + passes(("0.199573", 4472536), ("0.0903834", 10750945), ("0.0996796", 10446427))
 UNSTABLE_STDERR = (
     ONE_REQUEST_WARNING
     * 3
