@@ -32,20 +32,32 @@ from escnet_export.triton_serving.server import TritonServer, free_port
 SERVE_SH = ROOT / "scripts" / "serve.sh"
 STOP_SH = ROOT / "scripts" / "stop_server.sh"
 
-ADD_ONE_CONFIG = """
-name: "add_one"
-backend: "python"
-max_batch_size: 0
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "TEXT_OUT" data_type: TYPE_STRING dims: [ -1 ] }
-]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
+Tensor = tuple[str, str, tuple[int, ...]]  # name, data type, dims
+
+
+def config_text(name: str, runs_on: str, inputs: list[Tensor], outputs: list[Tensor], rest: str) -> str:
+    """An unbatched config.pbtxt: ``runs_on`` its backend or platform line, ``rest`` what follows."""
+
+    def tensors(specs: list[Tensor]) -> str:
+        return ",\n".join(
+            f'  {{ name: "{n}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
+            for n, dtype, dims in specs
+        )
+
+    return (
+        f'name: "{name}"\n{runs_on}\nmax_batch_size: 0\n'
+        f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(outputs)}\n]\n{rest}"
+    )
+
+
+ONE_CPU_INSTANCE = "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
+ADD_ONE_CONFIG = config_text(
+    "add_one",
+    'backend: "python"',
+    [("INPUT0", "TYPE_FP32", (-1,)), ("TEXT", "TYPE_STRING", (-1,))],
+    [("OUTPUT0", "TYPE_FP32", (-1,)), ("TEXT_OUT", "TYPE_STRING", (-1,))],
+    ONE_CPU_INSTANCE,
+)
 
 ADD_ONE_MODEL = """
 import numpy as np
@@ -75,17 +87,13 @@ class TritonPythonModel:
         return responses
 """
 
-DOUBLE_CONFIG = """
-name: "double"
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "PYTHON_ENV" data_type: TYPE_STRING dims: [ 3 ] }
-]
-instance_group [ { kind: KIND_CPU count: 1 } ]
-"""
+DOUBLE_CONFIG = config_text(
+    "double",
+    'backend: "python"',
+    [("INPUT0", "TYPE_FP32", (-1,))],
+    [("OUTPUT0", "TYPE_FP32", (-1,)), ("PYTHON_ENV", "TYPE_STRING", (3,))],
+    ONE_CPU_INSTANCE,
+)
 
 DOUBLE_MODEL = """
 import os
@@ -108,18 +116,12 @@ class TritonPythonModel:
         return responses
 """
 
-ENSEMBLE_CONFIG = """
-name: "add_one_double"
-platform: "ensemble"
-max_batch_size: 0
-input [
-  { name: "X" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] }
-]
-output [
-  { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "TEXT_OUT" data_type: TYPE_STRING dims: [ -1 ] }
-]
+ENSEMBLE_CONFIG = config_text(
+    "add_one_double",
+    'platform: "ensemble"',
+    [("X", "TYPE_FP32", (-1,)), ("TEXT", "TYPE_STRING", (-1,))],
+    [("Y", "TYPE_FP32", (-1,)), ("TEXT_OUT", "TYPE_STRING", (-1,))],
+    """\
 ensemble_scheduling {
   step [
     {
@@ -138,7 +140,8 @@ ensemble_scheduling {
     }
   ]
 }
-"""
+""",
+)
 
 
 def write_repository(root: Path) -> Path:
