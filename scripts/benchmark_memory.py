@@ -32,8 +32,9 @@ import tritonclient.http as httpclient
 from PIL import Image
 from skimage import data as skimage_data
 
+from escnet_export.artifacts import DEFAULT_ONNX_DIR
 from escnet_export.contract import CLASS_NAMES, IMAGE
-from escnet_export.triton_serving.repository import DEFAULT_ONNX_DIR, build_repository
+from escnet_export.triton_serving.repository import build_repository
 from escnet_export.triton_serving.server import TritonServer
 from escnet_export.triton_serving.server_processes import (
     peak_rss_bytes,

@@ -39,11 +39,12 @@ from skimage import data as skimage_data
 from tritonclient.utils import InferenceServerException
 
 from escnet.registry import MODEL_CONFIGS
+from escnet_export.artifacts import DEFAULT_ONNX_DIR
 from escnet_export.contract import DEFAULT_VARIANTS, MAX_CLASSES, REQUEST_LIMITS, step_specs
 from escnet_export.runtime.memory_model import GIB, RequestShape, estimate_request_memory, resolve_budget
 from escnet_export.runtime.steps import view_count
 from escnet_export.triton_serving.configs import GraphServing
-from escnet_export.triton_serving.repository import DEFAULT_ONNX_DIR, build_repository
+from escnet_export.triton_serving.repository import build_repository
 from escnet_export.triton_serving.server import TritonServer
 from escnet_export.triton_serving.server_processes import pss_bytes, server_processes
 

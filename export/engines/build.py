@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from escnet.config import MODEL_CONFIGS
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
 from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS
 from escnet_export.engines.plans import (
     DEFAULT_TIMING_CACHE,
@@ -23,7 +24,6 @@ from escnet_export.engines.plans import (
     check_repository,
     parse_axis,
 )
-from escnet_export.triton_serving.repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
 
 
 def parser() -> argparse.ArgumentParser:

@@ -23,7 +23,6 @@ TensorRT is imported lazily: this module imports, and its checks run, on machine
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shlex
@@ -40,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, file_sha256
 from escnet_export.contract import (
     AXIS_PROFILES,
     DEFAULT_VARIANTS,
@@ -50,7 +50,6 @@ from escnet_export.contract import (
 )
 from escnet_export.runtime.runners import validate_feeds
 from escnet_export.triton_serving.configs import model_name
-from escnet_export.triton_serving.repository import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -152,14 +151,6 @@ def require_tensorrt() -> None:
 
 def metadata_path(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.name + METADATA_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def input_profiles(step: StepSpec, axes: Mapping[str, AxisProfile]) -> dict[str, dict[str, list[int]]]:

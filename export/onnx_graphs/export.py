@@ -30,12 +30,13 @@ import escnet
 from escnet.config import MODEL_CONFIGS
 from escnet.registry import build_model
 from escnet.segmenter import OpenVocabSegmenter
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, file_sha256
 from escnet_export.contract import graph_names
 from escnet_export.onnx_graphs.wrappers import graph_steps, graph_wrapper, sample_inputs
 
 OPSET = 17
 EXPORTER = "torchscript"
-DEFAULT_OUT = Path("artifacts/onnx")
+DEFAULT_OUT = DEFAULT_ONNX_DIR
 
 
 @dataclass
@@ -52,13 +53,7 @@ class ExportResult:
 
 
 def _file_digest(path: Path | None) -> str:
-    if path is None:
-        return "none"
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return "none" if path is None else file_sha256(path)
 
 
 # The code a graph is made of: the model package, less the modules that only run between graphs

@@ -47,14 +47,13 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, FP16_SUBDIR, file_sha256
 from escnet_export.contract import graph_names
 from escnet_export.onnx_graphs.trt_lint import value_dependent_tensors
 
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
-DEFAULT_ONNX_DIR = Path("artifacts/onnx")
-SUBDIR = "fp16"
 
 # Ops kept in FP32 whatever their inputs, with the reason for each.
 KEEP_FP32: dict[str, str] = {
@@ -154,14 +153,6 @@ class Fp16Report:
     fp32_nodes: int = 0
     casts: int = 0
     kept: dict[str, int] = field(default_factory=dict)  # op type -> nodes kept FP32
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def converter_digest() -> str:
@@ -379,7 +370,7 @@ def convert_file(source: Path, target: Path, name: str | None = None) -> Fp16Rep
 
 
 def _manifest_entry(source: Path) -> dict[str, str]:
-    return {"source_sha256": _file_sha256(source), "converter": converter_digest()}
+    return {"source_sha256": file_sha256(source), "converter": converter_digest()}
 
 
 def export_fp16(
@@ -394,7 +385,7 @@ def export_fp16(
     A graph is converted again only when its FP32 file or this converter changed.
     """
     source_dir = Path(onnx_dir) / variant
-    target_dir = source_dir / SUBDIR
+    target_dir = source_dir / FP16_SUBDIR
     wanted = list(graphs or graph_names(MODEL_CONFIGS[variant]))
     missing = [g for g in wanted if not (source_dir / f"{g}.onnx").is_file()]
     if missing:

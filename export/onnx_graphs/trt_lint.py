@@ -27,7 +27,6 @@ time constants) the stricter rule is kept, so one lint covers 10.0 to 11.x.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -44,11 +43,11 @@ from onnx import TensorProto, helper
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, FP16_SUBDIR, file_sha256
 from escnet_export.contract import StepSpec, graph_names, step_specs
 
 OPSET_RANGE = (9, 24)
 SIMPLIFIER_VERSION = "gs-fold-v1"  # bump when simplify_model changes: invalidates the disk cache
-DEFAULT_ONNX_DIR = Path("artifacts/onnx")
 
 # Type sets of the support list (TensorRT's names).
 _F = ("FP32", "FP16", "BF16")
@@ -263,14 +262,6 @@ def value_dependent_tensors(graph: onnx.GraphProto) -> set[str]:
     return dependent
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def simplify_model(model: onnx.ModelProto, max_passes: int = 3) -> onnx.ModelProto:
     """Constant-fold (shapes included), clean up and sort, until nothing changes; then infer shapes."""
     for _ in range(max_passes):
@@ -289,7 +280,7 @@ def simplified_path(source: Path) -> Path:
     """The simplified graph of ``source``, made once and cached beside it (``simplified/<name>``)."""
     target = source.parent / "simplified" / source.name
     stamp = target.with_suffix(".json")
-    key = {"source_sha256": _file_sha256(source), "simplifier": SIMPLIFIER_VERSION, "onnx": onnx.__version__}
+    key = {"source_sha256": file_sha256(source), "simplifier": SIMPLIFIER_VERSION, "onnx": onnx.__version__}
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -558,9 +549,7 @@ def lint_file(path: Path, step: StepSpec | None = None, *, simplify: bool = True
 
 def graph_paths(variant: str, onnx_dir: Path, precision: str) -> dict[str, Path]:
     """The graph files of one variant and precision ("fp32": run_export's, "fp16": fp16.py's)."""
-    from escnet_export.onnx_graphs.fp16 import SUBDIR
-
-    directory = Path(onnx_dir) / variant / (SUBDIR if precision == "fp16" else "")
+    directory = Path(onnx_dir) / variant / (FP16_SUBDIR if precision == "fp16" else "")
     return {g: directory / f"{g}.onnx" for g in graph_names(MODEL_CONFIGS[variant])}
 
 

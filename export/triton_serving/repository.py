@@ -18,6 +18,7 @@ from pathlib import Path
 
 from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
 from escnet.config import resolve_protocol as named_protocol
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
 from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
 from escnet_export.runtime.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_serving.configs import (
@@ -28,9 +29,6 @@ from escnet_export.triton_serving.configs import (
     model_name,
     repository_models,
 )
-
-DEFAULT_REPOSITORY = Path("model_repository")
-DEFAULT_ONNX_DIR = Path("artifacts/onnx")
 
 
 @dataclass(frozen=True)
