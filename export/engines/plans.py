@@ -63,7 +63,7 @@ BUILD_COMMAND = "python -m escnet_export.engines.build"
 NO_TENSORRT = (
     "TensorRT is not available here. Build and run engines where it is: inside "
     "NVIDIA's Triton container (nvcr.io/nvidia/tritonserver:<yy.mm>-py3), or after "
-    "`pip install tensorrt` from NVIDIA's index; see export/README_tensorrt.md."
+    "`pip install tensorrt` from NVIDIA's index; see the README, Running with TensorRT."
 )
 
 
