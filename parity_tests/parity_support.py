@@ -16,13 +16,16 @@ What is skipped, and why, is printed (run with ``-s`` to see it live; ``-rs`` li
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -134,6 +137,41 @@ class ParityVariant:
             self._chain = chain
             say(f"{self.name}: ONNX chain loaded in {time.perf_counter() - start:.1f} s")
         return self._chain
+
+
+R = TypeVar("R")
+# A run of one (variant, T classes, B images) case: f(target, photos, vocabulary, classes, batch).
+CaseRun = Callable[[ParityVariant, dict[str, np.ndarray], list[str], int, int], R]
+
+
+def once_per_case(*, keep_only_latest: bool = False) -> Callable[[CaseRun[R]], CaseRun[R]]:
+    """Decorator: run a case once per (variant, T, B) and hand back the kept result after that.
+
+    ``keep_only_latest``: forget the kept runs before making a new one (a run's intermediates are
+    large, so only one is held at a time).
+    """
+
+    def decorate(run: CaseRun[R]) -> CaseRun[R]:
+        kept: dict[tuple[str, int, int], R] = {}
+
+        @functools.wraps(run)
+        def cached(
+            target: ParityVariant,
+            photos: dict[str, np.ndarray],
+            vocabulary: list[str],
+            classes: int,
+            batch: int,
+        ) -> R:
+            key = (target.name, classes, batch)
+            if key not in kept:
+                if keep_only_latest:
+                    kept.clear()
+                kept[key] = run(target, photos, vocabulary, classes, batch)
+            return kept[key]
+
+        return cached
+
+    return decorate
 
 
 def _release_cpu_arenas(chain: GraphChain, directory: Path) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from parity_support import PARITY_DIR, VARIANTS, ParityVariant, say
+from parity_support import PARITY_DIR, VARIANTS, ParityVariant, once_per_case, say
 
 from escnet.config import PROTOCOLS
 from escnet.registry import MODEL_CONFIGS
@@ -119,7 +119,6 @@ class ReferenceRun:
     calls: dict[str, list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = field(default_factory=dict)
 
 
-_REFERENCE_RUNS: dict[tuple[str, int, int], ReferenceRun] = {}
 _RESULTS: dict[str, dict[str, float | bool]] = {}
 
 
@@ -127,14 +126,11 @@ def class_names(vocabulary: list[str], classes: int) -> list[str]:
     return THREE_CLASSES if classes == 3 else vocabulary[:classes]
 
 
+@once_per_case(keep_only_latest=True)  # one run's intermediates at a time
 def reference_run(
     target: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str], classes: int, batch: int
 ) -> ReferenceRun:
     """Run the PyTorch wrappers of every graph as one chain on real photos and class names."""
-    key = (target.name, classes, batch)
-    if key in _REFERENCE_RUNS:
-        return _REFERENCE_RUNS[key]
-    _REFERENCE_RUNS.clear()  # one run's intermediates at a time
     config = target.model.config
     specs = step_specs(config)
     runners = {
@@ -149,9 +145,7 @@ def reference_run(
     )
     with torch.no_grad():
         chain.logits(images, text)
-    run = ReferenceRun(calls={name: runner.calls for name, runner in runners.items()})
-    _REFERENCE_RUNS[key] = run
-    return run
+    return ReferenceRun(calls={name: runner.calls for name, runner in runners.items()})
 
 
 def _record(variant: str, classes: int, batch: int, graph: str, comparisons) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from parity_support import PARITY_DIR, ParityVariant, say
+from parity_support import PARITY_DIR, ParityVariant, once_per_case, say
 
 from escnet import segmenter
 from escnet.config import PROTOCOLS
@@ -93,7 +93,6 @@ class ChainRun:
 
 
 _TEXT: dict[tuple[str, str], np.ndarray] = {}
-_RUNS: dict[tuple[str, int, int], ChainRun] = {}
 _RESULTS: dict[str, dict[str, object]] = {}
 
 
@@ -273,12 +272,10 @@ def check_pseudo_prompts(target: ParityVariant, run: ChainRun) -> list[OutputCom
     return comparisons
 
 
+@once_per_case()
 def chain_run(
     target: ParityVariant, photos: dict[str, np.ndarray], vocabulary: list[str], classes: int, batch: int
 ) -> ChainRun:
-    key = (target.name, classes, batch)
-    if key in _RUNS:
-        return _RUNS[key]
     config = target.model.config.with_protocol(SINGLE_VIEW)
     chosen = (PHOTO_FOR_CLASSES[classes],) if batch == 1 else PHOTO_PAIR
     views = [steps.preprocess(photos[name], config) for name in chosen]
@@ -293,7 +290,7 @@ def chain_run(
     start, cpu = time.perf_counter(), time.process_time()
     logits = onnx_logits(target, images, text_onnx, onnx_blocks)
     onnx_s, onnx_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    run = ChainRun(
+    return ChainRun(
         names=vocabulary[:classes],
         photos=chosen,
         images=images,
@@ -309,8 +306,6 @@ def chain_run(
         torch_blocks=torch_blocks,
         onnx_blocks=onnx_blocks,
     )
-    _RUNS[key] = run
-    return run
 
 
 def dropped_classes(logits: np.ndarray) -> np.ndarray:
