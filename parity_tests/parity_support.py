@@ -75,6 +75,15 @@ def medsam_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
+def parse_model_config(text: str):
+    """A config.pbtxt's text parsed into Triton's ``ModelConfig`` message (so tests assert on fields,
+    not on substrings of the text)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def load_script(name: str) -> object:
     """scripts/<name>.py as a module, registered in sys.modules first (its dataclasses need it)."""
     import importlib.util
