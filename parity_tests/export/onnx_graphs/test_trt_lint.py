@@ -10,6 +10,7 @@ shown to fire on small synthetic graphs, so a clean lint means something.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -201,8 +202,13 @@ def test_graph_is_tensorrt_ready(variant: str, precision: str, graph: str) -> No
 
 
 def test_lint_time_report() -> None:
-    """Prints what the lint cost (simplification cached on disk after the first run)."""
-    if TIMES:
-        print(f"\nlint: {len(TIMES)} graphs in {sum(TIMES.values()):.1f} s; slowest:")
-        for name, seconds in sorted(TIMES.items(), key=lambda kv: -kv[1])[:5]:
-            print(f"  {name}: {seconds:.1f} s")
+    """What the lint cost (simplification cached on disk after the first run): one finite, positive
+    time per graph linted in this session, each one of the parametrized cases; printed, slowest first."""
+    if not TIMES:
+        pytest.skip("no graph was linted in this session: nothing to report")
+    cases = {f"{v}/{p}/{g}" for v, p, g in _cases()}
+    assert set(TIMES) <= cases, f"timed graphs that are not lint cases: {sorted(set(TIMES) - cases)}"
+    assert all(math.isfinite(s) and s > 0 for s in TIMES.values()), TIMES
+    print(f"\nlint: {len(TIMES)} graphs in {sum(TIMES.values()):.1f} s; slowest:")
+    for name, seconds in sorted(TIMES.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  {name}: {seconds:.1f} s")
