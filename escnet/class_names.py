@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from escnet.config import MAX_CLASS_NAME_BYTES
+
 SINGLE_TEMPLATE: tuple[str, ...] = ("A photo of a {} in the scene",)
-# One class name, in UTF-8 bytes (the unit a served request's names arrive in); CLIP reads 77 tokens,
-# and a longer name is refused, never silently cut. The served limit (RequestLimits) defaults to it.
-MAX_CLASS_NAME_BYTES = 200
 
 
 def split_synonyms(class_name: str, rule: str = "first") -> list[str]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+# One class name, in UTF-8 bytes (the unit a served request's names arrive in); CLIP reads 77 tokens,
+# and a longer name is refused, never silently cut. The served limit (RequestLimits) defaults to it.
+MAX_CLASS_NAME_BYTES = 200
+
 
 @dataclass(frozen=True)
 class ClipConfig:

@@ -19,8 +19,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from escnet.class_names import MAX_CLASS_NAME_BYTES
-from escnet.config import MODEL_CONFIGS, ModelConfig
+from escnet.config import MAX_CLASS_NAME_BYTES, MODEL_CONFIGS, ModelConfig
 
 Dim = int | str  # an int is fixed; a str names a dynamic axis
 
