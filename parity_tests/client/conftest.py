@@ -1,5 +1,6 @@
-"""Shared fixtures of the client tests: a test image and its class list. The server is the session's
-one real tritonserver (``triton_server`` of parity_tests/triton_fixtures.py)."""
+"""Shared fixtures of the client tests: a test image and its class list, and ``either_client``, which
+runs a test once with the blocking client and once with the asyncio one. The server is the
+session's one real tritonserver (``triton_server`` of parity_tests/triton_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_kinds import CLIENT_KINDS, EitherClient
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,3 +44,10 @@ def test_image_path(test_image: np.ndarray, tmp_path_factory: pytest.TempPathFac
     path = tmp_path_factory.mktemp("client_images") / "chelsea.png"
     Image.fromarray(test_image).save(path)
     return path
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def either_client(request: pytest.FixtureRequest) -> EitherClient:
+    """The blocking client, then the asyncio one: their policy (settings, retries, shared memory
+    lifecycle, errors) is one (escnet_client.policy), and each test using this checks it for both."""
+    return EitherClient(request.param)

@@ -1,4 +1,5 @@
-"""The SDK retries a segment call the server could not take, a bounded number of times, with backoff.
+"""The SDK retries a segment call the server could not take, a bounded number of times, with backoff:
+the blocking and the asyncio client alike (one policy, escnet_client.policy; ``either_client``).
 
 A restarting server is played by a TCP forwarder in front of the session's tritonserver: closed
 (connection refused) until a timer opens it, then closed again with its live connections cut (the
@@ -16,8 +17,16 @@ import time
 
 import numpy as np
 import pytest
+from client_kinds import EitherClient
 
-from escnet_client import SegmentationClient, ServerUnavailable
+from escnet_client import (
+    BadRequest,
+    RequestTimeout,
+    SegmentationClient,
+    SegmentationError,
+    ServerUnavailable,
+)
+from escnet_client.policy import DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF_S, is_retried
 from escnet_client.sdk import MAX_RETRY_WAIT_S, retry_waits
 from escnet_export.triton_serving.server import TritonServer, free_port
 
@@ -90,29 +99,74 @@ def test_retry_waits_double_and_are_capped() -> None:
         SegmentationClient("127.0.0.1:1", retries=-1)
 
 
-def test_no_server_fails_after_the_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
+def test_both_clients_take_the_same_retry_settings(either_client: EitherClient) -> None:
+    client = either_client.cls("127.0.0.1:1")
+    assert (client.retries, client.retry_backoff_s) == (DEFAULT_RETRIES, DEFAULT_RETRY_BACKOFF_S)
+    tuned = either_client.cls("127.0.0.1:1", retries=5, retry_backoff_s=0.1)
+    assert (tuned.retries, tuned.retry_backoff_s) == (5, 0.1)
+    for bad in ({"retries": -1}, {"retry_backoff_s": -0.5}):
+        with pytest.raises(ValueError, match="retries"):
+            either_client.cls("127.0.0.1:1", **bad)
+    with pytest.raises(ValueError, match="timeout_s"):
+        either_client.cls("127.0.0.1:1", timeout_s=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ServerUnavailable("server at h:1 is unreachable: Connection refused"), True),
+        (ServerUnavailable("server at h:1 is unavailable: busy", status="503"), True),
+        (RequestTimeout("no answer from h:1 in time", status="504"), False),  # may still be working
+        (BadRequest("class name ',,' is empty", status="400"), False),
+        (SegmentationError("onnxruntime failed", status="500"), False),
+    ],
+)
+def test_only_an_unreachable_or_unavailable_server_is_retried(
+    error: SegmentationError, retried: bool
+) -> None:
+    assert is_retried(error) is retried
+
+
+def test_no_server_fails_after_the_bounded_retries(
+    either_client: EitherClient, caplog: pytest.LogCaptureFixture
+) -> None:
     image = np.zeros((16, 16, 3), np.uint8)
     port = free_port()  # nothing listens there
-    with SegmentationClient(f"127.0.0.1:{port}", retries=2, retry_backoff_s=0.05, timeout_s=5) as client:
+    with either_client.open(f"127.0.0.1:{port}", retries=2, retry_backoff_s=0.05, timeout_s=5) as client:
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="escnet_client.sdk"), pytest.raises(ServerUnavailable):
+        with caplog.at_level(logging.WARNING, logger=either_client.logger), pytest.raises(ServerUnavailable):
             client.segment(image, ["cat"])
     assert time.monotonic() - started >= 0.15 - 0.01  # 0.05 + 0.1
     assert [r.getMessage().count("retry") for r in caplog.records] == [1, 1]
+    assert {r.name for r in caplog.records} == {either_client.logger}
+
+
+def test_no_retry_when_retries_is_zero(either_client: EitherClient, caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        either_client.open(f"127.0.0.1:{free_port()}", retries=0, timeout_s=5) as client,
+        caplog.at_level(logging.WARNING, logger=either_client.logger),
+        pytest.raises(ServerUnavailable),
+    ):
+        client.segment(np.zeros((16, 16, 3), np.uint8), ["cat"])
+    assert caplog.records == []
 
 
 @pytest.mark.triton
 def test_segment_is_retried_across_a_server_restart(
-    triton_server: TritonServer, test_image: np.ndarray, classes: list[str], caplog: pytest.LogCaptureFixture
+    either_client: EitherClient,
+    triton_server: TritonServer,
+    test_image: np.ndarray,
+    classes: list[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     forwarder = Forwarder(triton_server.http_port)
     opener = threading.Timer(1.0, forwarder.open)
     try:
-        with SegmentationClient(
+        with either_client.open(
             f"127.0.0.1:{forwarder.port}", protocol="http", retries=5, retry_backoff_s=0.25
         ) as client:
             opener.start()  # refused until then
-            with caplog.at_level(logging.WARNING, logger="escnet_client.sdk"):
+            with caplog.at_level(logging.WARNING, logger=either_client.logger):
                 first = client.segment(test_image, classes, model=MODEL)
             refused = len(caplog.records)
             assert refused >= 1, "the first call never met a closed port"
@@ -120,10 +174,11 @@ def test_segment_is_retried_across_a_server_restart(
             forwarder.close()  # the server "restarts": the kept-alive connection dies
             opener = threading.Timer(0.6, forwarder.open)
             opener.start()
-            with caplog.at_level(logging.WARNING, logger="escnet_client.sdk"):
+            with caplog.at_level(logging.WARNING, logger=either_client.logger):
                 again = client.segment(test_image, classes, model=MODEL)
             print(
-                f"\nretries: {refused} before the first answer, {len(caplog.records) - refused} after the cut"
+                f"\n{either_client.kind} retries: {refused} before the first answer, "
+                f"{len(caplog.records) - refused} after the cut"
             )
             assert len(caplog.records) > refused, "the call after the restart needed no retry"
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from client_kinds import EitherClient
 from PIL import Image
 
 from escnet_client import (
@@ -157,12 +158,13 @@ def test_unknown_model_and_readiness(triton_server: TritonServer, test_image: np
 
 
 def test_timeout_with_shared_memory_still_cleans_up(
-    triton_server: TritonServer, test_image: np.ndarray, classes: list[str]
+    either_client: EitherClient, triton_server: TritonServer, test_image: np.ndarray, classes: list[str]
 ) -> None:
     """The client gives up after 1 s; the server refuses to unregister the regions until it is done
-    with them, and the client waits for that rather than leave them registered."""
+    with them, and the client (blocking or asyncio: one policy) waits for that rather than leave
+    them registered."""
     with (
-        SegmentationClient(triton_server.grpc_url, protocol="grpc", timeout_s=1.0) as client,
+        either_client.open(triton_server.grpc_url, protocol="grpc", timeout_s=1.0) as client,
         pytest.raises(RequestTimeout),
     ):
         client.segment(test_image, classes, model=MODEL, use_shared_memory=True)

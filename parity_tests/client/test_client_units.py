@@ -3,6 +3,7 @@ shared memory regions, and the command line's refusals (bad arguments, unreadabl
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_kinds import EitherClient
+from parity_support import assert_runs_without_torch
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -19,7 +22,6 @@ from escnet_client import (
     BadRequest,
     ImageReadError,
     RequestTimeout,
-    SegmentationClient,
     SegmentationError,
     SegmentationResult,
     ServerUnavailable,
@@ -33,6 +35,7 @@ from escnet_client import (
     render_overlay,
 )
 from escnet_client.errors import translate_error
+from escnet_client.policy import ClientPolicy, run_sync
 from escnet_client.shm import REGION_PREFIX, RequestRegions, is_in_use_error
 from escnet_client.wire import normalize_url
 from escnet_export.contract import LABELS, SCORES
@@ -147,15 +150,52 @@ def test_unreadable_images_are_refused(tmp_path: Path) -> None:
         load_image(42)  # type: ignore[arg-type]
 
 
-def test_sdk_refuses_bad_input_before_sending() -> None:
+def test_sdk_refuses_bad_input_before_sending(either_client: EitherClient) -> None:
     """Nothing listens on the port: a ValueError (not ServerUnavailable) proves nothing was sent."""
-    with SegmentationClient(f"127.0.0.1:{free_port()}") as client:
+    with either_client.open(f"127.0.0.1:{free_port()}") as client:
         with pytest.raises(ValueError, match="uint8"):
             client.segment(np.zeros((8, 8, 3), dtype=np.float64), ["cat"])
         with pytest.raises(ValueError, match="class list is empty"):
             client.segment(rgb_image(), " ; ")
         with pytest.raises(ServerUnavailable, match="unreachable"):
             client.segment(rgb_image(), ["cat"])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unreachable_server_with_shared_memory_leaves_no_region(
+    either_client: EitherClient, protocol: str
+) -> None:
+    """Registering the regions fails (nobody listens): every attempt destroys its own regions."""
+    mine = f"{REGION_PREFIX}_{os.getpid()}_"
+    with (
+        either_client.open(
+            f"127.0.0.1:{free_port()}", protocol=protocol, retries=1, retry_backoff_s=0.01, timeout_s=5
+        ) as client,
+        pytest.raises(ServerUnavailable, match="unreachable|unavailable"),
+    ):
+        client.segment(rgb_image(), ["cat", "dog"], scores=True, use_shared_memory=True)
+    assert [name for name in os.listdir("/dev/shm") if name.startswith(mine)] == []
+
+
+def test_both_clients_are_one_policy(either_client: EitherClient) -> None:
+    """Same settings, same names; the blocking client's policy coroutines never suspend."""
+    assert issubclass(either_client.cls, ClientPolicy)
+    client = either_client.cls("example", protocol="grpc", use_shared_memory=True)
+    assert (client.url, client.protocol, client.use_shared_memory) == ("example:8001", "grpc", True)
+    assert repr(client) == f"{either_client.cls.__name__}(url='example:8001', protocol='grpc')"
+
+
+def test_run_sync_refuses_a_coroutine_that_suspends() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="suspended"):
+        run_sync(suspends())
+    assert run_sync(_done(7)) == 7
+
+
+async def _done(value: int) -> int:
+    return value
 
 
 # -- results and pictures ------------------------------------------------------------------------------
@@ -295,6 +335,31 @@ def test_client_imports_no_model_code(modules: str) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Modules the client's lean install (pip install '.[client]') lacks: importing one fails here.
+_BLOCK_MODEL_PACKAGES = """
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {"torch", "torchvision", "open_clip", "segment_anything", "onnx", "onnxruntime"}
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in the client install)", name=name)
+        return None
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_every_client_module_imports_with_torch_unimportable() -> None:
+    """What ``pip install '.[client]'`` gives is enough: every escnet_client module (the SDK, the
+    policy, both command lines) imports while torch, onnx and the model packages cannot be."""
+    assert_runs_without_torch(
+        _BLOCK_MODEL_PACKAGES
+        + "import escnet_client, escnet_client.sdk, escnet_client.async_sdk, escnet_client.policy\n"
+        + "for module in pkgutil.iter_modules(escnet_client.__path__):\n"
+        + "    importlib.import_module(f'escnet_client.{module.name}')\n"
+        + "print(sorted(m.name for m in pkgutil.iter_modules(escnet_client.__path__)))\n"
+    )
 
 
 # -- command line without a server ---------------------------------------------------------------------
