@@ -16,7 +16,7 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "install.sh: installing the project and its dependencies (torch is several GB; minutes)"
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[serve,dev]"
+    python -m pip install --quiet -e ".[model,serve,dev]"
     # Type stubs for the TensorRT builder's mypy check. --no-deps: their metadata asks for the
     # tensorrt wheel itself, which downloads from NVIDIA's index at install time.
     python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"
