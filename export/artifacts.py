@@ -2,6 +2,8 @@
 
 Graphs, FP16 graphs, simplified graphs and plans are rebuilt only when the sha256 of what they were
 made from changes; every such key reads files through :func:`file_sha256`.
+
+This module imports nothing of the project, so every other module may import it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,21 @@ import hashlib
 from pathlib import Path
 
 DEFAULT_ONNX_DIR = Path("artifacts/onnx")  # <variant>/<graph>.onnx, fp16/<graph>.onnx
-DEFAULT_REPOSITORY = Path("model_repository")
+DEFAULT_REPOSITORY = Path("model_repository")  # <model>/config.pbtxt, <model>/1/model.{onnx,plan}
 FP16_SUBDIR = "fp16"  # <variant>/fp16/<graph>.onnx beside the FP32 graphs
+DEFAULT_TIMING_CACHE = Path("artifacts/tensorrt/timing.cache")  # shared by every TensorRT build
+PLAN_NAME = "model.plan"
+METADATA_SUFFIX = ".json"  # model.plan -> model.plan.json
+
+
+def plan_file(repository: Path, model: str) -> Path:
+    """Where a model's TensorRT plan lives in a repository: ``<repository>/<model>/1/model.plan``."""
+    return Path(repository) / model / "1" / PLAN_NAME
+
+
+def metadata_path(plan: Path) -> Path:
+    """The metadata sidecar of a plan: ``model.plan`` -> ``model.plan.json``."""
+    return plan.with_name(plan.name + METADATA_SUFFIX)
 
 
 def file_sha256(path: Path) -> str:

@@ -39,7 +39,14 @@ import numpy as np
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, file_sha256
+from escnet_export.artifacts import (
+    DEFAULT_ONNX_DIR,
+    DEFAULT_REPOSITORY,
+    DEFAULT_TIMING_CACHE,
+    PLAN_NAME,
+    file_sha256,
+    metadata_path,
+)
 from escnet_export.contract import (
     AXIS_PROFILES,
     DEFAULT_VARIANTS,
@@ -55,10 +62,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 PRECISIONS = ("fp16", "fp32")
-PLAN_NAME = "model.plan"
-METADATA_SUFFIX = ".json"  # model.plan -> model.plan.json
 METADATA_SCHEMA = 1
-DEFAULT_TIMING_CACHE = Path("artifacts/tensorrt/timing.cache")
 BUILD_COMMAND = "python -m escnet_export.engines.build"
 NO_TENSORRT = (
     "TensorRT is not available here. Build and run engines where it is: inside "
@@ -147,10 +151,6 @@ def require_tensorrt() -> None:
     reason = tensorrt_unavailable()
     if reason is not None:
         raise TensorRTUnavailable(reason)
-
-
-def metadata_path(plan_path: Path) -> Path:
-    return plan_path.with_name(plan_path.name + METADATA_SUFFIX)
 
 
 def input_profiles(step: StepSpec, axes: Mapping[str, AxisProfile]) -> dict[str, dict[str, list[int]]]:

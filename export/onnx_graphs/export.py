@@ -36,7 +36,6 @@ from escnet_export.onnx_graphs.wrappers import graph_steps, graph_wrapper, sampl
 
 OPSET = 17
 EXPORTER = "torchscript"
-DEFAULT_OUT = DEFAULT_ONNX_DIR
 
 
 @dataclass
@@ -50,10 +49,6 @@ class ExportResult:
 
     def path(self, graph: str) -> Path:
         return self.graphs[graph]
-
-
-def _file_digest(path: Path | None) -> str:
-    return "none" if path is None else file_sha256(path)
 
 
 # The code a graph is made of: the model package, less the modules that only run between graphs
@@ -83,7 +78,9 @@ def _source_digest() -> str:
 def cache_key(variant: str, weights: dict[str, Path | None], opset: int) -> str:
     parts = {
         "config": repr(MODEL_CONFIGS[variant]),
-        "weights": {name: _file_digest(path) for name, path in sorted(weights.items())},
+        "weights": {
+            name: "none" if path is None else file_sha256(path) for name, path in sorted(weights.items())
+        },
         "exporter": EXPORTER,
         "opset": opset,
         "torch": torch.__version__,
@@ -124,7 +121,7 @@ def export_graph(model: OpenVocabSegmenter, name: str, path: Path, opset: int = 
 
 def run_export(
     variant: str,
-    out_dir: Path = DEFAULT_OUT,
+    out_dir: Path = DEFAULT_ONNX_DIR,
     *,
     checkpoint: Path | None = None,
     clip_checkpoint: Path | None = None,
@@ -172,7 +169,7 @@ def run_export(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=list(MODEL_CONFIGS), default="escnet_vitb16_384")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_ONNX_DIR)
     parser.add_argument("--checkpoint", type=Path, help="whole-model checkpoint (CAT-Seg official or ours)")
     parser.add_argument("--clip-checkpoint", type=Path, help="OpenAI / open_clip CLIP weights")
     parser.add_argument("--sam-checkpoint", type=Path, help="SAM weights for the ESC blocks")

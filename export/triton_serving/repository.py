@@ -18,7 +18,7 @@ from pathlib import Path
 
 from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
 from escnet.config import resolve_protocol as named_protocol
-from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, PLAN_NAME
 from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
 from escnet_export.runtime.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_serving.configs import (
@@ -100,9 +100,9 @@ def place_graphs(repository: Path, plan: RepositoryPlan, onnx_dir: Path) -> None
             link.unlink()
         if plan.runtime == "onnxruntime":
             link.symlink_to(target)
-            (version / "model.plan").unlink(missing_ok=True)
-        elif not (version / "model.plan").is_file():
-            plan_file = version / "model.plan"
+            (version / PLAN_NAME).unlink(missing_ok=True)
+        elif not (version / PLAN_NAME).is_file():
+            plan_file = version / PLAN_NAME
             raise FileNotFoundError(
                 f"{plan_file} is missing: build the engines first (python -m escnet_export.engines.build)"
             )
