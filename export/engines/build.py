@@ -2,7 +2,7 @@
 
 Run it on the machine (or inside the container) that will serve: a plan only loads on the TensorRT
 version and GPU compute capability it was built with. ``--check`` only verifies existing plans.
-The work is in tensorrt_engines.py; this is its command line.
+The work is in builder.py (building) and plans.py (checking); this is their command line.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ import sys
 from pathlib import Path
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, DEFAULT_TIMING_CACHE
 from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS
-from escnet_export.engines.plans import (
-    DEFAULT_TIMING_CACHE,
+from escnet_export.engines.builder import (
     PRECISIONS,
     BuildOptions,
     EngineBuildError,
-    TensorRTUnavailable,
     build_engines,
-    check_repository,
     parse_axis,
 )
+from escnet_export.engines.plans import TensorRTUnavailable, check_repository
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RU
 from escnet.config import resolve_protocol as named_protocol
 from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, PLAN_NAME
 from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
+from escnet_export.engines.plans import tensorrt_unavailable
 from escnet_export.runtime.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_serving.configs import (
     DEFAULT_SERVING,
@@ -50,8 +51,6 @@ class RepositoryPlan:
 
 def resolve_runtime(runtime: str) -> str:
     if runtime == "auto":
-        from escnet_export.engines.plans import tensorrt_unavailable
-
         return "onnxruntime" if tensorrt_unavailable() is not None else "tensorrt"
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be auto or one of {RUNTIMES}, got {runtime!r}")

@@ -1,4 +1,4 @@
-"""TensorRT engines (export/engines/plans.py, export/engines/build.py).
+"""TensorRT engines (export/engines/builder.py, plans.py, trt_runner.py, build.py).
 
 Two tiers:
 
@@ -25,19 +25,15 @@ import pytest
 from parity_support import ROOT, medsam_checkpoint, parse_model_config
 
 from escnet.config import MODEL_CONFIGS
+from escnet_export.artifacts import file_sha256, metadata_path
 from escnet_export.contract import AXIS_PROFILES, AxisProfile, graph_names, step_specs
+from escnet_export.engines.builder import BuildOptions, build_engines, input_profiles, parse_axis
 from escnet_export.engines.plans import (
-    BuildOptions,
     MachineInfo,
     PlanMetadata,
     PlanMismatch,
     TensorRTUnavailable,
-    build_engines,
     check_plan,
-    file_sha256,
-    input_profiles,
-    metadata_path,
-    parse_axis,
     probe_machine,
     tensorrt_unavailable,
 )
@@ -270,7 +266,7 @@ def test_engine_matches_pytorch(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     from escnet.registry import build_model
-    from escnet_export.engines.plans import TrtRunner
+    from escnet_export.engines.trt_runner import TrtRunner
     from escnet_export.onnx_graphs.wrappers import graph_wrapper, sample_inputs
     from escnet_export.runtime.runners import TorchRunner
 

@@ -1,7 +1,7 @@
 """The TensorRT builder and plan loader type-check (mypy --strict) against PyPI's tensorrt-stubs.
 
 TensorRT cannot be installed here, so this is how its API use is proven: every call, attribute and
-argument type in export/engines/plans.py and export/engines/build.py against the stubs of the
+argument type in export/engines/ (plans.py, builder.py, trt_runner.py, build.py) against the stubs of the
 TensorRT Python API (tensorrt-stubs 10.x). A negative control proves the stubs are in effect (a wrong
 call must fail), so a silent fall-back to ``Any`` cannot pass.
 
@@ -26,7 +26,12 @@ from pathlib import Path
 import pytest
 from parity_support import ROOT
 
-CHECKED = ["escnet_export.engines.plans", "escnet_export.engines.build"]
+CHECKED = [
+    "escnet_export.engines.plans",
+    "escnet_export.engines.builder",
+    "escnet_export.engines.trt_runner",
+    "escnet_export.engines.build",
+]
 STUBS_DIST = "tensorrt-stubs"
 INSTALL = f"pip install --no-deps {STUBS_DIST}"
 NEGATIVE = """
