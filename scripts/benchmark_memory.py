@@ -32,8 +32,8 @@ import tritonclient.http as httpclient
 from PIL import Image
 from skimage import data as skimage_data
 
+from escnet_client.wire import Request, build_tensors
 from escnet_export.artifacts import DEFAULT_ONNX_DIR
-from escnet_export.contract import CLASS_NAMES, IMAGE
 from escnet_export.triton_serving.repository import build_repository
 from escnet_export.triton_serving.server import TritonServer
 from escnet_export.triton_serving.server_processes import (
@@ -63,23 +63,13 @@ def photo(height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(skimage_data.astronaut()).resize((width, height)))
 
 
-def request_inputs(image: np.ndarray, names: list[str]) -> list[httpclient.InferInput]:
-    """IMAGE [H, W, 3] uint8 and CLASS_NAMES [T] as an ensemble request's inputs."""
-    inputs = [
-        httpclient.InferInput(IMAGE.name, list(image.shape), IMAGE.dtype),
-        httpclient.InferInput(CLASS_NAMES.name, [len(names)], CLASS_NAMES.dtype),
-    ]
-    inputs[0].set_data_from_numpy(image)
-    inputs[1].set_data_from_numpy(np.array([n.encode() for n in names], dtype=np.object_))
-    return inputs
-
-
 def infer(
     client: httpclient.InferenceServerClient, ensemble: str, image: np.ndarray, names: list[str]
 ) -> float:
-    inputs = request_inputs(image, names)
+    request = Request(image=image, class_names=names, scores=False, model=ensemble)
+    inputs, outputs = build_tensors(httpclient, request, None)  # the SDK's tensors, unchecked
     start = time.perf_counter()
-    client.infer(ensemble, inputs, outputs=[httpclient.InferRequestedOutput("LABELS")])
+    client.infer(ensemble, inputs, outputs=outputs)
     return time.perf_counter() - start
 
 

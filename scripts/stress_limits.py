@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
-from benchmark_memory import request_inputs  # a sibling script: scripts/ is on the path
 from PIL import Image
 from skimage import data as skimage_data
 from tritonclient.utils import InferenceServerException
 
 from escnet.registry import MODEL_CONFIGS
+from escnet_client.wire import Request, build_tensors
 from escnet_export.artifacts import DEFAULT_ONNX_DIR
 from escnet_export.contract import DEFAULT_VARIANTS, MAX_CLASSES, REQUEST_LIMITS, step_specs
 from escnet_export.runtime.memory_model import GIB, RequestShape, estimate_request_memory, resolve_budget
@@ -122,11 +122,11 @@ def send(
     names: list[str],
     scores: bool = False,
 ) -> Outcome:
-    inputs = request_inputs(image, names)
-    wanted = ["LABELS", "SCORES"] if scores else ["LABELS"]
+    request = Request(image=image, class_names=names, scores=scores, model=ensemble)
+    inputs, outputs = build_tensors(httpclient, request, None)  # the SDK's tensors, unchecked
     start = time.perf_counter()
     try:
-        result = client.infer(ensemble, inputs, outputs=[httpclient.InferRequestedOutput(n) for n in wanted])
+        result = client.infer(ensemble, inputs, outputs=outputs)
     except InferenceServerException as error:
         return Outcome(False, str(error.status()), error.message() or "", time.perf_counter() - start, None)
     return Outcome(True, "200", "", time.perf_counter() - start, result.as_numpy("LABELS"))
