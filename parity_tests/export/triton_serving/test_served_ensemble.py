@@ -1,9 +1,10 @@
 """The served ensembles on a real tritonserver (started once per session), driven by tritonclient.
 
 * parity: ``escnet`` and ``catseg`` against the PyTorch reference (``model.segment``) on real photos
-  for T = 1, 5 and 150 classes, with the project's one tolerance table (escnet_export.parity);
-  the measured numbers are printed and written to artifacts/parity/served.json;
-* 8 concurrent clients get the answers of serial calls;
+  for T = 1, 5 and a large vocabulary (150 classes for escnet, 58 for catseg), with the project's
+  one tolerance table (escnet_export.parity); the measured numbers are printed and written to
+  artifacts/parity/served.json;
+* 4 concurrent clients (2 HTTP, 2 gRPC) get the answers of serial calls;
 * a repeated vocabulary is served from the text embedder's cache (the text encoder model's
   inference count, read from Triton's statistics API, does not move) with the identical answer;
 * every kind of bad request gets an error naming the problem, and the next good request is answered
@@ -52,9 +53,20 @@ pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("shared_memory_given_b
 REPORT = ROOT / "artifacts" / "parity" / "served.json"
 VOCABULARY_LINES = (ROOT / "parity_tests" / "data" / "vocabulary.txt").read_text().splitlines()
 VOCABULARY = [name for name in map(str.strip, VOCABULARY_LINES) if name and not name.startswith("#")]
-# (T, photo): hubble_deep_field (872 x 1000) goes through the sliding window (5 views), astronaut is
-# 512 x 512, chelsea (300 x 451) keeps the T = 150 scores small.
-PARITY_CASES = [(1, "hubble_deep_field"), (5, "astronaut"), (150, "chelsea")]
+# (ensemble, T, photo): hubble_deep_field (872 x 1000) goes through the sliding window (5 views),
+# astronaut is 512 x 512, chelsea (300 x 451) keeps the large-T scores small. The large vocabulary is
+# T = 150 (ADE-150) for escnet and T = 58 for catseg: both ensembles run the same edge steps and text
+# embedder, and the in-process chain is held to PyTorch at T = 150 and 300 for both variants
+# (parity_tests/export/runtime/test_chain_parity.py), so catseg's served case spends a third of the
+# CPU time on what only it has, its own graphs at a large T.
+PARITY_CASES = [
+    ("escnet", 1, "hubble_deep_field"),
+    ("escnet", 5, "astronaut"),
+    ("escnet", 150, "chelsea"),
+    ("catseg", 1, "hubble_deep_field"),
+    ("catseg", 5, "astronaut"),
+    ("catseg", 58, "chelsea"),
+]
 SMALL_VOCABULARY = ["cat", "wall, brick wall", "floor", "person"]
 
 
@@ -118,8 +130,9 @@ def record(ensemble: str, key: str, entry: dict[str, Any]) -> None:
 # -- parity with the PyTorch reference ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("classes", "image_name"), PARITY_CASES, ids=[f"T{t}" for t, _ in PARITY_CASES])
-@pytest.mark.parametrize("ensemble", list(DEFAULT_VARIANTS))
+@pytest.mark.parametrize(
+    ("ensemble", "classes", "image_name"), PARITY_CASES, ids=[f"{e}-T{t}" for e, t, _ in PARITY_CASES]
+)
 def test_served_ensemble_matches_the_reference(
     ensemble: str, classes: int, image_name: str, http_client: Any, reference_models: Any
 ) -> None:
@@ -183,7 +196,7 @@ CONCURRENT_REQUESTS = [
     ("catseg", "chelsea", SMALL_VOCABULARY[1:]),
     ("catseg", "coffee", SMALL_VOCABULARY[:3]),
 ]
-CLIENTS = 8
+CLIENTS = len(CONCURRENT_REQUESTS)  # one of each request at once; 2 cores gain nothing from more
 
 
 def test_concurrent_clients_get_the_serial_answers(triton_server: Any, http_client: Any) -> None:
@@ -318,6 +331,10 @@ BAD_REQUESTS = {
         rf"makes a prompt of \d+ tokens; CLIP reads at most {CONTEXT_LENGTH}",
     ),
 }
+# Refused by Triton before any step runs: the follow-up good request (10 s of CPU each) is left out
+# for them, since no step of ours saw the request; readiness is still checked.
+REFUSED_BY_TRITON = {"float32 image", "grey image (rank 2)", "batch of images (rank 4)", "four channels"}
+assert set(BAD_REQUESTS) >= REFUSED_BY_TRITON, REFUSED_BY_TRITON
 # The follow-up good request goes to catseg, the cheaper ensemble (both share the edge step's code;
 # escnet's readiness is checked after each refusal).
 GOOD_REQUEST = ("catseg", "chelsea", ["cat", "wall"])
@@ -350,6 +367,8 @@ def test_bad_request_is_refused_and_the_server_carries_on(
         assert status == ("StatusCode.INVALID_ARGUMENT" if grpc else "400"), status
     assert http_client.is_server_ready()
     assert all(http_client.is_model_ready(ensemble) for ensemble in DEFAULT_VARIANTS)
+    if case in REFUSED_BY_TRITON:
+        return
     ensemble, image_name, good_names = GOOD_REQUEST
     answer = infer(http_client, ensemble, photo(image_name), good_names)
     np.testing.assert_array_equal(answer[LABELS.name], good_answer[LABELS.name])
