@@ -54,10 +54,13 @@ def check_model_repository(model_repository: Path) -> list[str]:
 
 
 def _graph_kind(model_dir: Path) -> str | None:
-    """ "plan" (tensorrt_plan), "onnx" (an ONNX graph run by a Python model) or None (no graph)."""
-    config = (model_dir / "config.pbtxt").read_text()
+    """ "plan" (tensorrt_plan), "onnx" (an ONNX graph, run by a Python model or by Triton's
+    onnxruntime backend) or None (no graph)."""
+    config = (model_dir / "config.pbtxt").read_text()  # text format: one field per line
     if 'platform: "tensorrt_plan"' in config:
         return "plan"
+    if 'platform: "onnxruntime_onnx"' in config:
+        return "onnx"
     model_py = model_dir / "1" / "model.py"
     if model_py.is_file() and "onnx_graph" in model_py.read_text():
         return "onnx"

@@ -1,9 +1,10 @@
 """Build the Triton model repository: ``python -m escnet_export.triton_serving.repository``.
 
-Writes every model's config.pbtxt (generated from the contract) and 1/model.py (a one-line import
-of its implementation), then puts each graph in place: ``1/model.onnx`` (a link to the exported
-graph) for the onnxruntime runtime, ``1/model.plan`` for TensorRT. The runtime is chosen here:
-``auto`` takes TensorRT where ``import tensorrt`` works, else onnxruntime.
+Writes every model's config.pbtxt (generated from the contract as Triton's ModelConfig), the
+warm-up data files its warm-ups read, and 1/model.py (a one-line import of its implementation) for
+the Python-backend models, then puts each graph in place: ``1/model.onnx`` (a link to the exported
+graph) for the onnxruntime runtimes, ``1/model.plan`` for TensorRT. The runtime is chosen here
+(configs.RUNTIMES): ``auto`` takes TensorRT where ``import tensorrt`` works, else onnxruntime.
 
 The configs of the default build (onnxruntime, the default variants) are checked in; a test fails
 when they drift from what this module generates.
@@ -23,12 +24,17 @@ from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
 from escnet_export.engines.plans import tensorrt_unavailable
 from escnet_export.runtime.runners import DEFAULT_CHUNKS, RunChunks
 from escnet_export.triton_serving.configs import (
+    ACCELERATORS,
+    DEFAULT_ENGINE_CACHE,
     DEFAULT_SERVING,
     RUNTIMES,
     GraphServing,
+    config_text,
+    has_model_py,
     model_module,
     model_name,
     repository_models,
+    warmup_files,
 )
 
 
@@ -62,28 +68,33 @@ def model_py_text(module: str) -> str:
 
 
 def write_configs(repository: Path, plan: RepositoryPlan) -> list[str]:
-    """Write config.pbtxt and 1/model.py of every model of one ensemble; returns the model names."""
+    """Write config.pbtxt, warm-up data and 1/model.py of every model of one ensemble; returns the
+    model names."""
     config = MODEL_CONFIGS[plan.variant].with_protocol(plan.protocol)
     specs = step_specs(config)
     models = repository_models(plan.ensemble, config, plan.runtime, plan.serving)
-    for name, text in models.items():
+    for name, message in models.items():
         directory = repository / name
         (directory / "1").mkdir(parents=True, exist_ok=True)
-        (directory / "config.pbtxt").write_text(text)
-        step_name = name.removeprefix(f"{plan.ensemble}_")
-        step = specs.get(step_name)
+        (directory / "config.pbtxt").write_text(config_text(message))
+        shutil.rmtree(directory / "warmup", ignore_errors=True)
+        for file_name, data in warmup_files(message).items():
+            (directory / "warmup").mkdir(exist_ok=True)
+            (directory / "warmup" / file_name).write_bytes(data)
+        step = specs.get(name.removeprefix(f"{plan.ensemble}_"))
         model_py = directory / "1" / "model.py"
         if step is None:  # the ensemble has no code
             continue
-        if step.kind == "graph" and plan.runtime == "tensorrt":
-            model_py.unlink(missing_ok=True)
-        else:
+        if has_model_py(step, plan.runtime):
             model_py.write_text(model_py_text(model_module(step)))
+        else:
+            model_py.unlink(missing_ok=True)
     return list(models)
 
 
 def place_graphs(repository: Path, plan: RepositoryPlan, onnx_dir: Path) -> None:
-    """Link each exported graph into its model's version folder (onnxruntime runtime)."""
+    """Link each exported graph into its model's version folder (onnxruntime runtimes); check the
+    plans are there (tensorrt)."""
     config = MODEL_CONFIGS[plan.variant]
     missing = [g for g in graph_names(config) if not (onnx_dir / plan.variant / f"{g}.onnx").is_file()]
     if missing:
@@ -97,7 +108,7 @@ def place_graphs(repository: Path, plan: RepositoryPlan, onnx_dir: Path) -> None
         link = version / "model.onnx"
         if link.is_symlink() or link.exists():
             link.unlink()
-        if plan.runtime == "onnxruntime":
+        if plan.runtime in ("onnxruntime", "onnxruntime_onnx"):
             link.symlink_to(target)
             (version / PLAN_NAME).unlink(missing_ok=True)
         elif not (version / PLAN_NAME).is_file():
@@ -163,6 +174,17 @@ def main(argv: list[str] | None = None) -> None:
         help="one request's memory budget in GiB, or auto (half the machine's memory); see README, Memory",
     )
     parser.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default=DEFAULT_SERVING.accelerator,
+        help="onnxruntime_onnx runtime: what runs the graphs (tensorrt: FP16 engines, cached; cuda; cpu)",
+    )
+    parser.add_argument(
+        "--engine-cache",
+        default=DEFAULT_ENGINE_CACHE,
+        help="onnxruntime_onnx with tensorrt: the engine cache folder (a volume, to survive restarts)",
+    )
+    parser.add_argument(
         "--protocol",
         choices=sorted(PROTOCOLS),
         default=DEFAULT_PROTOCOL.name,
@@ -190,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                 views=args.views_per_run, classes=args.classes_per_run, texts=args.texts_per_run
             ),
             memory_budget_gib=str(args.memory_budget),
+            accelerator=args.accelerator,
+            engine_cache=args.engine_cache,
         ),
         protocol=named_protocol(args.protocol, args.synonyms),
     )

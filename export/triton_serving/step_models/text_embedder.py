@@ -43,6 +43,8 @@ class TritonPythonModel(StepModel):
                     model_name=self.encoder_model,
                     requested_output_names=["TEXT_FEATURES"],
                     inputs=[pb_utils.Tensor("TOKENS", tokens[start : start + self.texts_per_run])],
+                    # On a GPU runtime the encoder answers on the GPU; the cache keeps host arrays.
+                    preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
                 )
                 response = call.exec()
                 if response.has_error():
