@@ -16,7 +16,7 @@ S input side, G = S / patch grid).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from escnet.config import MAX_CLASS_NAME_BYTES, MODEL_CONFIGS, ModelConfig
@@ -82,6 +82,59 @@ AXIS_PROFILES: dict[str, AxisProfile] = {
     "P": AxisProfile(1, 1, 1),
     "K": AxisProfile(5, 5, 5),
 }
+# A TensorRT engine's optimisation profiles follow how the ensemble calls a graph: with all of a
+# request's views at once (1 under single_view, 5 under catseg_eval: escnet/config.py) and its T
+# classes, in buckets tuned at the papers' vocabularies (19, 58, 150) and one beyond, up to the
+# request limit. One profile per (view count, class bucket); Triton picks the tightest that fits a
+# request, and the engine allocates context memory per profile (configs.py), so a small request
+# does not hold a T = 1024 context.
+PROFILE_VIEW_COUNTS = (1, 5)
+CLASS_BUCKETS = (
+    AxisProfile(1, 19, 32),
+    AxisProfile(33, 58, 96),
+    AxisProfile(97, 150, 256),
+    AxisProfile(257, 512, 1024),
+)
+
+
+def engine_axis_profiles(axes: Mapping[str, AxisProfile] = AXIS_PROFILES) -> list[dict[str, AxisProfile]]:
+    """The axis ranges of each optimisation profile: a view count x a class bucket. An axis given
+    other than the contract's (engines.build --axis) is one range of its own instead."""
+    views = (
+        [AxisProfile(v, v, v) for v in PROFILE_VIEW_COUNTS]
+        if axes["B"] == AXIS_PROFILES["B"]
+        else [axes["B"]]
+    )
+    classes = list(CLASS_BUCKETS) if axes["T"] == AXIS_PROFILES["T"] else [axes["T"]]
+    return [{**axes, "B": b, "T": t} for b in views for t in classes]
+
+
+def input_profiles(step: StepSpec, axes: Mapping[str, AxisProfile]) -> dict[str, dict[str, list[int]]]:
+    """(min, opt, max) shape of every input of a graph: fixed sizes from the contract, named axes
+    from ``axes``."""
+    profiles: dict[str, dict[str, list[int]]] = {}
+    for spec in step.inputs:
+        missing = [d for d in spec.shape if isinstance(d, str) and d not in axes]
+        if missing:
+            raise ValueError(f"{step.name}.{spec.name}: no profile for axes {missing}")
+        shapes: dict[str, list[int]] = {}
+        for key, attribute in (("min", "minimum"), ("opt", "optimum"), ("max", "maximum")):
+            shapes[key] = [d if isinstance(d, int) else getattr(axes[d], attribute) for d in spec.shape]
+        profiles[spec.name] = shapes
+    return profiles
+
+
+def engine_profiles(
+    step: StepSpec, axes: Mapping[str, AxisProfile] = AXIS_PROFILES
+) -> list[dict[str, dict[str, list[int]]]]:
+    """The optimisation profiles of a graph's engine, input -> (min, opt, max) shapes each; a graph
+    without the B or T axis (the text encoder) has fewer distinct ones."""
+    profiles: list[dict[str, dict[str, list[int]]]] = []
+    for ranges in engine_axis_profiles(axes):
+        profile = input_profiles(step, ranges)
+        if profile not in profiles:
+            profiles.append(profile)
+    return profiles
 
 
 @dataclass(frozen=True)

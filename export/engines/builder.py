@@ -10,9 +10,10 @@ PlanMetadata), then writes the ``tensorrt_plan`` configs through
   casts), never from a builder flag. TensorRT 11 has no FP16 flag and is always strongly typed (it
   accepts the flag and ignores it); TensorRT 10 needs the flag. One code path builds on both.
 - The parser reads the simplified graph (trt_lint.simplified_path: constant-folded, the graph the
-  lint checked), one optimisation profile per engine from the contract's AXIS_PROFILES (each axis
-  overridable), a timing cache file shared by every build, and a progress bar while TensorRT works
-  (IProgressMonitor where the TensorRT version has it, else one bar step per graph).
+  lint checked), the optimisation profiles of contract.engine_profiles (a view count x a class
+  bucket each; each axis overridable), a timing cache file shared by every build, and a progress
+  bar while TensorRT works (IProgressMonitor where the TensorRT version has it, else one bar step
+  per graph).
 - A plan that passes plans.check_plan (same machine, same graph, same precision and axes) is reused.
 
 TensorRT is imported lazily: this module imports on machines without it, and its builders say so.
@@ -44,6 +45,7 @@ from escnet_export.contract import (
     DEFAULT_VARIANTS,
     AxisProfile,
     StepSpec,
+    engine_profiles,
     graph_names,
     step_specs,
 )
@@ -77,21 +79,6 @@ class BuildOptions:
     optimization_level: int = 3  # TensorRT's default; 5 searches longest
     timing_cache: Path = DEFAULT_TIMING_CACHE
     verbose: bool = False
-
-
-def input_profiles(step: StepSpec, axes: Mapping[str, AxisProfile]) -> dict[str, dict[str, list[int]]]:
-    """(min, opt, max) shape of every input of a graph: fixed sizes from the contract, named axes
-    from ``axes``."""
-    profiles: dict[str, dict[str, list[int]]] = {}
-    for spec in step.inputs:
-        missing = [d for d in spec.shape if isinstance(d, str) and d not in axes]
-        if missing:
-            raise ValueError(f"{step.name}.{spec.name}: no profile for axes {missing}")
-        shapes: dict[str, list[int]] = {}
-        for key, attribute in (("min", "minimum"), ("opt", "optimum"), ("max", "maximum")):
-            shapes[key] = [d if isinstance(d, int) else getattr(axes[d], attribute) for d in spec.shape]
-        profiles[spec.name] = shapes
-    return profiles
 
 
 def parse_axis(text: str) -> tuple[str, AxisProfile]:
@@ -183,10 +170,10 @@ def build_engine(
     parsed = parse_path or source
     if not parser.parse_from_file(str(parsed)):
         raise EngineBuildError(f"TensorRT's ONNX parser refused {parsed}:\n  {_parser_errors(parser)}")
-    profiles = input_profiles(step, options.axes)
+    profiles = engine_profiles(step, options.axes)
     names = {network.get_input(i).name for i in range(network.num_inputs)}
-    if names != set(profiles):
-        raise EngineBuildError(f"{step.name}: network inputs {sorted(names)}, contract {sorted(profiles)}")
+    if names != set(profiles[0]):
+        raise EngineBuildError(f"{step.name}: network inputs {sorted(names)}, contract {sorted(profiles[0])}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_gib << 30)
@@ -194,10 +181,11 @@ def build_engine(
     tf32 = getattr(trt.BuilderFlag, "TF32", None)  # TensorRT 10: on by default; 11: no such flag
     if options.precision == "fp32" and tf32 is not None:
         config.clear_flag(tf32)  # an FP32 engine computes FP32 products, comparable with the FP32 graph
-    profile = builder.create_optimization_profile()
-    for name, shapes in profiles.items():
-        profile.set_shape(name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
-    config.add_optimization_profile(profile)
+    for shapes_by_input in profiles:
+        profile = builder.create_optimization_profile()
+        for name, shapes in shapes_by_input.items():
+            profile.set_shape(name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
+        config.add_optimization_profile(profile)
     cache_bytes = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)

@@ -33,7 +33,7 @@ from escnet_export.artifacts import (
 from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS, graph_names
 from escnet_export.triton_serving.configs import model_name
 
-METADATA_SCHEMA = 1
+METADATA_SCHEMA = 2  # 2: a list of optimisation profiles
 BUILD_COMMAND = "python -m escnet_export.engines.build"
 NO_TENSORRT = (
     "TensorRT is not available here. Build and run engines where it is: inside "
@@ -71,7 +71,8 @@ class PlanMetadata:
     onnx_path: str
     onnx_sha256: str
     plan_sha256: str
-    profiles: dict[str, dict[str, list[int]]]  # input -> {"min": [...], "opt": [...], "max": [...]}
+    # one per optimisation profile, in the engine's order: input -> {"min": [...], "opt": [...], "max": [...]}
+    profiles: list[dict[str, dict[str, list[int]]]]
     axes: dict[str, list[int]]  # axis -> [min, opt, max]
     builder: dict[str, Any]
     built_at: str

@@ -39,6 +39,7 @@ from escnet_export.contract import (
     StepSpec,
     TensorSpec,
     chain_steps,
+    engine_profiles,
     request_output_sources,
     step_specs,
 )
@@ -249,9 +250,12 @@ def step_model_config(
     gpu = graphs_on_gpu(runtime, serving)
     kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
     if step.kind == "graph" and runtime != "onnxruntime":
-        message.instance_group.add(kind=kind, count=serving.instances)
+        group = message.instance_group.add(kind=kind, count=serving.instances)
         if runtime == "tensorrt":
             message.platform = "tensorrt_plan"
+            # Every profile, for Triton to pick the tightest per request (listing none uses only
+            # the first); repository.py takes the count from a built plan's metadata.
+            group.profile.extend(str(i) for i in range(len(engine_profiles(step))))
             # Each optimisation profile's context memory is allocated when a request selects it,
             # not the largest of all profiles up front (TensorRT's default, STATIC).
             _set_parameters(message, {"execution_context_allocation_strategy": "ON_PROFILE_CHANGE"})

@@ -13,13 +13,16 @@ when they drift from what this module generates.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as pb
+
 from escnet.config import DEFAULT_PROTOCOL, MODEL_CONFIGS, PROTOCOLS, SYNONYM_RULES, InferenceProtocol
 from escnet.config import resolve_protocol as named_protocol
-from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, PLAN_NAME
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, PLAN_NAME, metadata_path, plan_file
 from escnet_export.contract import DEFAULT_VARIANTS, graph_names, step_specs
 from escnet_export.engines.plans import tensorrt_unavailable
 from escnet_export.runtime.runners import DEFAULT_CHUNKS, RunChunks
@@ -75,6 +78,8 @@ def write_configs(repository: Path, plan: RepositoryPlan) -> list[str]:
     models = repository_models(plan.ensemble, config, plan.runtime, plan.serving)
     for name, message in models.items():
         directory = repository / name
+        if plan.runtime == "tensorrt" and message.platform == "tensorrt_plan":
+            use_plan_profiles(message, plan_file(repository, name))
         (directory / "1").mkdir(parents=True, exist_ok=True)
         (directory / "config.pbtxt").write_text(config_text(message))
         shutil.rmtree(directory / "warmup", ignore_errors=True)
@@ -90,6 +95,15 @@ def write_configs(repository: Path, plan: RepositoryPlan) -> list[str]:
         else:
             model_py.unlink(missing_ok=True)
     return list(models)
+
+
+def use_plan_profiles(message: pb.ModelConfig, plan: Path) -> None:
+    """A built plan's own profile count (engines.build --axis may have made fewer) in its config."""
+    meta = metadata_path(plan)
+    if meta.is_file():
+        count = len(json.loads(meta.read_text()).get("profiles") or [None])
+        del message.instance_group[0].profile[:]
+        message.instance_group[0].profile.extend(str(i) for i in range(count))
 
 
 def place_graphs(repository: Path, plan: RepositoryPlan, onnx_dir: Path) -> None:

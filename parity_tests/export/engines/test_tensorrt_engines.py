@@ -26,8 +26,16 @@ from parity_support import ROOT, medsam_checkpoint, parse_model_config
 
 from escnet.config import MODEL_CONFIGS
 from escnet_export.artifacts import file_sha256, metadata_path
-from escnet_export.contract import AXIS_PROFILES, AxisProfile, graph_names, step_specs
-from escnet_export.engines.builder import BuildOptions, build_engines, input_profiles, parse_axis
+from escnet_export.contract import (
+    AXIS_PROFILES,
+    CLASS_BUCKETS,
+    AxisProfile,
+    engine_profiles,
+    graph_names,
+    input_profiles,
+    step_specs,
+)
+from escnet_export.engines.builder import BuildOptions, build_engines, parse_axis
 from escnet_export.engines.plans import (
     MachineInfo,
     PlanMetadata,
@@ -67,6 +75,29 @@ def test_profiles_come_from_the_contract() -> None:
                 assert set(input_profiles(step, AXIS_PROFILES)) == set(step.input_names)
 
 
+def test_engine_profiles_follow_the_call_shapes() -> None:
+    """One profile per view count (1, 5) and class bucket; the buckets cover 1..max_classes."""
+    specs = step_specs(MODEL_CONFIGS["escnet_vitb16_384"])
+    profiles = engine_profiles(specs["aggregator_1"])
+    embedding = [p["EMBEDDING"] for p in profiles]
+    assert [(e["min"][0], e["max"][0]) for e in embedding] == [(1, 1)] * 4 + [(5, 5)] * 4
+    assert [(e["min"][2], e["opt"][2], e["max"][2]) for e in embedding[:4]] == [
+        (1, 19, 32),
+        (33, 58, 96),
+        (97, 150, 256),
+        (257, 512, 1024),
+    ]
+    assert CLASS_BUCKETS[0].minimum == 1 and CLASS_BUCKETS[-1].maximum == AXIS_PROFILES["T"].maximum
+    assert all(a.maximum + 1 == b.minimum for a, b in zip(CLASS_BUCKETS[:-1], CLASS_BUCKETS[1:], strict=True))
+    assert len(engine_profiles(specs["clip_image_encoder"])) == 2  # views only
+    assert len(engine_profiles(specs["clip_text_encoder"])) == 1  # texts only
+    custom = engine_profiles(specs["decoder"], {**AXIS_PROFILES, "T": AxisProfile(2, 20, 200)})
+    assert [p["CLASS_MASK"] for p in custom] == [
+        {"min": [1, 2], "opt": [1, 20], "max": [1, 200]},
+        {"min": [5, 2], "opt": [5, 20], "max": [5, 200]},
+    ]
+
+
 def test_axis_options() -> None:
     assert parse_axis("T=1,300,2048") == ("T", AxisProfile(1, 300, 2048))
     with pytest.raises(ValueError, match="min <= opt <= max"):
@@ -96,7 +127,7 @@ def _fake_plan(tmp_path: Path, machine: MachineInfo = HERE) -> tuple[Path, Path,
         onnx_path=str(onnx_path),
         onnx_sha256=file_sha256(onnx_path),
         plan_sha256=file_sha256(plan),
-        profiles={},
+        profiles=[],
         axes={},
         builder={},
         built_at="2026-01-01T00:00:00+00:00",

@@ -16,7 +16,7 @@ from parity_support import ROOT, parse_model_config
 from tritonclient.grpc import model_config_pb2
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.contract import DEFAULT_VARIANTS, step_specs
+from escnet_export.contract import DEFAULT_VARIANTS, engine_profiles, step_specs
 from escnet_export.triton_serving.configs import GraphServing, repository_models
 from escnet_export.triton_serving.repository import build_repository
 
@@ -142,6 +142,9 @@ def test_every_config_of_every_runtime_parses_as_model_config(
                 assert parsed.platform == "tensorrt_plan"
                 strategy = parsed.parameters["execution_context_allocation_strategy"].string_value
                 assert strategy == "ON_PROFILE_CHANGE"
+                # every profile listed (Triton uses only the first of a plan otherwise)
+                profiles = [str(i) for i in range(len(engine_profiles(step)))]
+                assert [list(g.profile) for g in parsed.instance_group] == [profiles], name
             if runtime == "onnxruntime_onnx":
                 assert (parsed.backend, parsed.platform) == ("onnxruntime", "onnxruntime_onnx")
                 accelerators = parsed.optimization.execution_accelerators.gpu_execution_accelerator
