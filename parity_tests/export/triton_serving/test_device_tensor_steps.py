@@ -10,12 +10,15 @@ directly, without a server.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from parity_support import assert_runs_without_torch
 from triton_fixtures import needs_server
 
 from escnet.config import MODEL_CONFIGS
@@ -85,6 +88,39 @@ def test_torch_steps_match_the_numpy_steps_on_cpu_tensors() -> None:
         {name: value.numpy() for name, value in torch_post.items()},
         steps.postprocess(inputs["LOGITS"], inputs["VIEW_PLAN"]),
     )
+
+
+# base.py imports the Python backend's module, which only the step processes have: a stand-in
+# module lets a fresh interpreter import it (the steps' own code is the real one).
+IMPORT_BASE = (
+    "import sys, types\n"
+    "sys.modules['triton_python_backend_utils'] = types.ModuleType('triton_python_backend_utils')\n"
+    "from escnet_export.triton_serving.step_models.base import is_out_of_memory\n"
+)
+
+
+def test_out_of_memory_is_told_apart_on_both_paths() -> None:
+    """numpy's MemoryError and torch's allocation failures (CPU and GPU) are answered UNAVAILABLE;
+    the check imports no torch on the numpy path."""
+    assert_runs_without_torch(
+        IMPORT_BASE + "assert is_out_of_memory(MemoryError())\n"
+        "assert not is_out_of_memory(ValueError('score must be finite'))\n"
+        'assert not is_out_of_memory(RuntimeError("can\'t allocate memory"))  # no torch: not its error\n'
+    )
+    code = IMPORT_BASE + (
+        "import torch\n"
+        "try:\n"
+        "    torch.empty(2**60, dtype=torch.uint8)  # past any address space: the CPU allocator fails\n"
+        "except RuntimeError as error:\n"
+        "    assert is_out_of_memory(error), error\n"
+        "else:\n"
+        "    raise AssertionError('2**60 bytes allocated')\n"
+        "assert is_out_of_memory(torch.OutOfMemoryError('CUDA out of memory'))\n"
+        "assert not is_out_of_memory(RuntimeError('shape mismatch'))\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 # --------------------------------------------------------------------------------------------------
