@@ -14,6 +14,15 @@ on their device) and answers with torch tensors the same way. BYTES inputs, whic
 carry, are still read with as_numpy(). Without the parameter (or with "yes", Triton's default) the
 inputs come on the CPU, and the step reads and writes numpy only and never imports torch (~1 GiB in
 each step process: README, Memory).
+
+Error responses leave ERROR_RESPONSE_DELAY_S after the failure, not at once. tritonserver 2.51
+deadlocks when an ensemble step answers with an error while the gRPC frontend is still handing the
+same request's first steps to their models: the frontend thread holds the request's lock and waits
+for the ensemble's, the step's thread holds the ensemble's and waits for the request's (seen here
+with gdb on a hung server: an empty image refused by preprocess over gRPC; every later escnet
+request then hung, catseg's kept answering). HTTP has no such lock. Refusals by the first steps
+(preprocess, text_embedder) are the ones that come back that fast; the delay keeps them out of
+that window, at the cost of a slower error.
 """
 
 from __future__ import annotations
@@ -81,8 +90,8 @@ class StepModel:
     parameters: dict[str, str]
     limits: RequestLimits  # from the config's parameters (the edge steps have them)
     cancelled_requests: int = 0  # requests answered CANCELLED without running
-    # Inputs and outputs as torch tensors through DLPack (the module docstring), not numpy arrays:
-    # on where the config sets FORCE_CPU_ONLY_INPUT_TENSORS "no".
+    # Inputs and outputs as torch tensors through DLPack, not numpy arrays (the module docstring):
+    # on where the config sets FORCE_CPU_ONLY_INPUT_TENSORS to "no".
     device_tensors: bool = False
 
     def initialize(self, args: dict[str, Any]) -> None:
