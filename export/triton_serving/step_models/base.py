@@ -42,6 +42,7 @@ import triton_python_backend_utils as pb_utils
 from escnet.config import MODEL_CONFIGS, ModelConfig, resolve_protocol
 from escnet_export.contract import RequestLimits, StepSpec, step_specs
 from escnet_export.runtime.request_checks import RequestCancelled, RequestError
+from escnet_export.triton_serving.step_models.metrics import StepMetrics
 
 __all__ = ["DEVICE_TENSORS_PARAMETER", "ERROR_RESPONSE_DELAY_S", "RequestError", "StepModel"]
 
@@ -90,6 +91,7 @@ class StepModel:
     parameters: dict[str, str]
     limits: RequestLimits  # from the config's parameters (the edge steps have them)
     cancelled_requests: int = 0  # requests answered CANCELLED without running
+    metrics: StepMetrics | None = None
     # Inputs and outputs as torch tensors through DLPack, not numpy arrays (the module docstring):
     # on where the config sets FORCE_CPU_ONLY_INPUT_TENSORS to "no".
     device_tensors: bool = False
@@ -105,6 +107,7 @@ class StepModel:
         self.limits = RequestLimits.from_parameters(self.parameters)
         self.device_tensors = self.parameters.get(DEVICE_TENSORS_PARAMETER) == "no"
         self.model_directory = f"{args['model_repository']}/{args['model_version']}"
+        self.metrics = StepMetrics.create(self.model_name)  # on Triton's /metrics (metrics.py)
         if self.device_tensors and args.get("model_instance_kind") == "GPU":
             import torch  # the device path only
 
@@ -160,11 +163,16 @@ class StepModel:
         return tensors
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = [
-            self._cancelled(request) if request.is_cancelled() else self._answer(request, self.run)
-            for request in requests
-        ]
+        responses = []
+        for request in requests:
+            start = time.perf_counter()
+            response = self._cancelled(request) if request.is_cancelled() else self._answer(request, self.run)
+            if self.metrics is not None:
+                self.metrics.answered(response, time.perf_counter() - start)
+            responses.append(response)
         give_memory_back()
+        if self.metrics is not None:
+            self.metrics.batch_done()
         if any(response.has_error() for response in responses):
             time.sleep(ERROR_RESPONSE_DELAY_S)
         return responses

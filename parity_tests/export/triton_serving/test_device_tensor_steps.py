@@ -216,3 +216,40 @@ def test_a_failing_request_on_device_tensors_gets_the_steps_error(device_step_se
     good = _inputs(seed=3)
     points = _infer(device_step_server, "pseudo_points", good, ["POINTS", "POINT_LABELS", "PSEUDO_MASK"])
     _check_pseudo_points(points, steps.pseudo_points(good["SCORE"], CONFIG))
+
+
+def _step_metrics(server: TritonServer) -> dict[tuple[str, str], float]:
+    """(metric with labels, model) -> value of the escnet_step_* series on the server's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as answer:
+        text = answer.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("escnet_step_"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
+
+
+@pytest.mark.triton
+@needs_server
+def test_steps_publish_their_metrics(device_step_server: TritonServer) -> None:
+    """step_models/metrics.py's families on Triton's real /metrics: an answered and a failed request
+    each counted under their outcome, the time spent, the process's resident memory."""
+    model = model_name(ENSEMBLE, "pseudo_points")
+    ok = f'escnet_step_requests_total{{model="{model}",outcome="ok"}}'
+    failed = f'escnet_step_requests_total{{model="{model}",outcome="error"}}'
+    before = _step_metrics(device_step_server)
+    _infer(device_step_server, "pseudo_points", _inputs(seed=4), ["POINTS"])
+    bad = _inputs(seed=5)
+    bad["SCORE"][0, 0, 0, 0] = np.nan
+    with pytest.raises(Exception, match="finite"):
+        _infer(device_step_server, "pseudo_points", bad, ["POINTS"])
+    after = _step_metrics(device_step_server)
+    print(f"\n[metrics] {model}: " + ", ".join(f"{k} {v:g}" for k, v in after.items() if model in k))
+    assert after[ok] - before.get(ok, 0) == 1
+    assert after[failed] - before.get(failed, 0) == 1
+    duration = f'escnet_step_duration_us_total{{model="{model}"}}'
+    assert after[duration] > before.get(duration, 0)
+    assert after[f'escnet_step_resident_bytes{{model="{model}"}}'] > 10 * 2**20
