@@ -9,6 +9,7 @@ This module imports nothing of the project, so every other module may import it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 DEFAULT_ONNX_DIR = Path("artifacts/onnx")  # <variant>/<graph>.onnx, fp16/<graph>.onnx
@@ -33,3 +34,10 @@ def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, hex."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_report(path: Path, report: object) -> None:
+    """A script's JSON report at ``path`` (folders made), and a line saying where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path}")

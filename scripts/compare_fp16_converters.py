@@ -20,7 +20,6 @@ Needs the exported FP32 graphs (python -m escnet_export.onnx_graphs.export --var
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from skimage import data
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.artifacts import DEFAULT_ONNX_DIR
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, write_report
 from escnet_export.contract import DEFAULT_VARIANTS, graph_names
 from escnet_export.onnx_graphs.fp16 import KEEP_FP32, convert_model
 from escnet_export.parity import TOLERANCES, compare_arrays
@@ -172,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{e['max_abs_of_scale']:.2e} | {e['min_cosine']:.5f} | {e['passed']} |"
                     )
             report["variants"][variant] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import platform
 import sys
 import time
@@ -40,6 +39,7 @@ import torch
 from escnet.config import MODEL_CONFIGS, ModelConfig, resolve_protocol
 from escnet.view_plan import plan_views
 from escnet_client import read_classes_file
+from escnet_export.artifacts import write_report
 from escnet_export.contract import DEFAULT_VARIANTS
 from escnet_export.runtime import steps, torch_steps
 
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         report["reference"] = "not run: no CUDA device here (torch.cuda.is_available() is False)"
         report["steps_note"] = "the torch steps ran on CPU tensors: the code path, not GPU figures"
         print("\nno CUDA device here: the steps ran on CPU tensors; the reference throughput needs CUDA")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 
