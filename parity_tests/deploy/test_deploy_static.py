@@ -128,3 +128,22 @@ def test_entrypoint_and_compose_match_the_launcher() -> None:
     assert service["shm_size"].endswith("gb") and int(service["shm_size"][:-2]) >= 1
     dockerfile = (DEPLOY / "container" / "Dockerfile").read_text()
     assert dockerfile.count("ARG TRITON_TAG=") == 1 and "tritonserver:${TRITON_TAG}-py3" in dockerfile
+
+
+def test_grafana_dashboard_reads_the_metrics_the_server_publishes() -> None:
+    """Every panel queries a metric family that Triton (nv_*) or our steps (escnet_step_*,
+    step_models/metrics.py) publish."""
+    import json
+    import re
+
+    dashboard = json.loads((DEPLOY / "k8s" / "grafana-dashboard.json").read_text())
+    steps = (ROOT / "export" / "triton_serving" / "step_models" / "metrics.py").read_text()
+    ours = set(re.findall(r'name="(escnet_step_\w+)"', steps))
+    assert len(ours) == 3
+    names = {"ESC-Net", "escnet", "catseg"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            families = set(re.findall(r"\b((?:nv|escnet_step)_\w+)\{?", target["expr"]))
+            assert families, panel["title"]
+            assert all(f.startswith("nv_") or f in ours for f in families), (panel["title"], families)
+    assert {o["value"] for o in dashboard["templating"]["list"][1]["options"]} <= names
