@@ -25,7 +25,32 @@ QUOTED_CHARS = 40  # of a class name, in a message
 
 
 class RequestError(ValueError):
-    """A problem with the request itself (bad input), reported to the client as it is."""
+    """A problem with the request itself (bad input), reported to the client as it is.
+
+    ``reason``: which rule refused it, one of REFUSAL_REASONS (the label of the steps' refusal
+    metric, step_models/metrics.py).
+    """
+
+    def __init__(self, message: str, reason: str = "bad_request") -> None:
+        super().__init__(message)
+        if reason not in REFUSAL_REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}: one of {REFUSAL_REASONS}")
+        self.reason = reason
+
+
+# Every rule a request can break, as the refusal metric labels it.
+REFUSAL_REASONS = (
+    "bad_request",  # a rule without a label of its own
+    "missing_input",
+    "image_format",  # dtype, rank, channels, empty
+    "image_size",  # under min_side or over max_pixels
+    "score_budget",  # classes x pixels over max_score_elements
+    "memory_budget",  # the estimated peak over the server's per-request budget
+    "class_list",  # not 1-D, empty, over max_classes
+    "class_name",  # over max_name_bytes, not UTF-8, blank
+    "duplicate_class",
+    "prompt_tokens",  # a prompt over CLIP's context
+)
 
 
 class RequestCancelled(Exception):
@@ -40,12 +65,12 @@ def quoted(name: str) -> str:
 def check_image_format(image: np.ndarray) -> None:
     """IMAGE [H, W, 3] uint8 RGB and not empty, else RequestError naming what is wrong with it."""
     if image.dtype != np.uint8:
-        raise RequestError(f"IMAGE must be uint8 RGB, got dtype {image.dtype}")
+        raise RequestError(f"IMAGE must be uint8 RGB, got dtype {image.dtype}", "image_format")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise RequestError(f"IMAGE must have shape [H, W, 3] (RGB), got {list(image.shape)}")
+        raise RequestError(f"IMAGE must have shape [H, W, 3] (RGB), got {list(image.shape)}", "image_format")
     height, width = int(image.shape[0]), int(image.shape[1])
     if height == 0 or width == 0:
-        raise RequestError(f"image is empty: shape {list(image.shape)}")
+        raise RequestError(f"image is empty: shape {list(image.shape)}", "image_format")
 
 
 def check_image(image: np.ndarray, limits: RequestLimits) -> None:
@@ -54,11 +79,13 @@ def check_image(image: np.ndarray, limits: RequestLimits) -> None:
     height, width = int(image.shape[0]), int(image.shape[1])
     if min(height, width) < limits.min_side:
         raise RequestError(
-            f"image of {height}x{width} pixels is too small: each side must be at least {limits.min_side}"
+            f"image of {height}x{width} pixels is too small: each side must be at least {limits.min_side}",
+            "image_size",
         )
     if height * width > limits.max_pixels:
         raise RequestError(
-            f"image of {height}x{width} = {height * width} pixels exceeds the limit of {limits.max_pixels}"
+            f"image of {height}x{width} = {height * width} pixels exceeds the limit of {limits.max_pixels}",
+            "image_size",
         )
 
 
@@ -69,7 +96,8 @@ def check_score_budget(height: int, width: int, num_classes: int, limits: Reques
         raise RequestError(
             f"{num_classes} classes on a {height}x{width} image need {elements} score values, more than "
             f"the limit of {limits.max_score_elements} (classes x pixels): send fewer classes or a "
-            "smaller image"
+            "smaller image",
+            "score_budget",
         )
 
 
@@ -82,7 +110,8 @@ def check_memory_budget(
             f"{classes} classes on a {height}x{width} image need an estimated {estimate.describe()} of "
             f"memory, more than this server's budget of {budget / GIB:.1f} GiB per request: send fewer "
             "classes (the estimate grows with them) or a smaller image, or raise the budget "
-            "(memory_budget_gib in the preprocess config)"
+            "(memory_budget_gib in the preprocess config)",
+            "memory_budget",
         )
 
 
@@ -124,11 +153,15 @@ def decode_class_names(raw: np.ndarray, limits: RequestLimits, rule: str = "firs
     only); the same class twice (see :func:`synonym_key`: identical scores, an ambiguous label).
     """
     if raw.ndim != 1:
-        raise RequestError(f"CLASS_NAMES must be a 1-D list of strings, got shape {list(raw.shape)}")
+        raise RequestError(
+            f"CLASS_NAMES must be a 1-D list of strings, got shape {list(raw.shape)}", "class_list"
+        )
     if raw.shape[0] == 0:
-        raise RequestError("the class list is empty: give at least one class name")
+        raise RequestError("the class list is empty: give at least one class name", "class_list")
     if raw.shape[0] > limits.max_classes:
-        raise RequestError(f"{raw.shape[0]} classes requested, more than the maximum of {limits.max_classes}")
+        raise RequestError(
+            f"{raw.shape[0]} classes requested, more than the maximum of {limits.max_classes}", "class_list"
+        )
     names: list[str] = []
     seen: dict[tuple[str, ...], int] = {}
     for index, item in enumerate(raw):
@@ -137,24 +170,27 @@ def decode_class_names(raw: np.ndarray, limits: RequestLimits, rule: str = "firs
             shown = quoted(data[: QUOTED_CHARS * 4].decode("utf-8", errors="replace"))
             raise RequestError(
                 f"class name {index} ({shown}) is {len(data)} bytes long, more than the limit of "
-                f"{limits.max_name_bytes} bytes (names are refused, never truncated)"
+                f"{limits.max_name_bytes} bytes (names are refused, never truncated)",
+                "class_name",
             )
         try:
             name = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise RequestError(
-                f"class name {index} is not valid UTF-8 (byte {error.start}: {error.reason})"
+                f"class name {index} is not valid UTF-8 (byte {error.start}: {error.reason})", "class_name"
             ) from None
         key = synonym_key(name, rule)
         if not key:
             raise RequestError(
                 f"class name {index} ({quoted(name)}) is empty or blank, or has nothing before its "
-                "first ', ' (the part CLIP encodes)"
+                "first ', ' (the part CLIP encodes)",
+                "class_name",
             )
         if key in seen:
             raise RequestError(
                 f"class names {seen[key]} and {index} ({quoted(name)}) are the same class: duplicates "
-                "get identical scores and make the label ambiguous; send each class once"
+                "get identical scores and make the label ambiguous; send each class once",
+                "duplicate_class",
             )
         seen[key] = index
         names.append(name)
@@ -180,5 +216,6 @@ def check_prompt_tokens(
                 if tokens > token_length:
                     raise RequestError(
                         f"class name {index} ({quoted(name)}) makes a prompt of {tokens} tokens; CLIP "
-                        f"reads at most {token_length} (names are refused, never truncated)"
+                        f"reads at most {token_length} (names are refused, never truncated)",
+                        "prompt_tokens",
                     )

@@ -136,7 +136,7 @@ class StepModel:
         for spec in self.step.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is None:
-                raise RequestError(f"missing input {spec.name}")
+                raise RequestError(f"missing input {spec.name}", "missing_input")
             if self.device_tensors and spec.dtype != "BYTES":  # DLPack has no string type
                 import torch  # the device path only
 
@@ -182,6 +182,8 @@ class StepModel:
             outputs = run(request, self.read_inputs(request))
             return pb_utils.InferenceResponse(output_tensors=self.output_tensors(outputs))
         except RequestError as error:
+            if self.metrics is not None:
+                self.metrics.refused(error.reason)
             return self._error(f"bad request: {error}", pb_utils.TritonError.INVALID_ARG)
         except RequestCancelled as error:
             self.cancelled_requests += 1

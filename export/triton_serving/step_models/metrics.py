@@ -7,7 +7,13 @@
 - ``escnet_step_duration_us_total{model}``: time spent answering (read, run, write), so
   rate(duration) / rate(requests) is a step's mean latency;
 - ``escnet_step_resident_bytes{model}``: the step process's resident memory after its last batch
-  (what the step watchdog reclaims: README, Memory).
+  (what the step watchdog reclaims: README, Memory);
+- ``escnet_step_refusals_total{model, reason}``: refused requests by the rule they broke
+  (request_checks.REFUSAL_REASONS);
+- the text embedder's (:class:`TextEmbedderMetrics`): ``escnet_text_cache_lookups_total{model,
+  result}`` (class names found in its cache, ``hit``, or encoded, ``miss``),
+  ``escnet_text_cache_entries{model}`` and the histogram ``escnet_request_classes{model}`` of
+  classes per request.
 
 Each step instance is its own process; each creates the families once. Where the backend has no
 custom metrics (an older one), the step serves without them.
@@ -20,6 +26,8 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
+from escnet_export.runtime.request_checks import REFUSAL_REASONS
+
 OUTCOME_BY_CODE = {  # pb_utils.TritonError code name -> outcome label
     "INVALID_ARG": "refused",
     "CANCELLED": "cancelled",
@@ -27,6 +35,9 @@ OUTCOME_BY_CODE = {  # pb_utils.TritonError code name -> outcome label
 }
 OUTCOMES = ("ok", "refused", "cancelled", "unavailable", "error")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# Upper bounds of the classes-per-request histogram: a handful, a dataset's vocabulary (ADE-150,
+# Pascal Context-459), ADE-847, the limit.
+CLASS_BUCKETS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 300.0, 500.0, 1000.0]
 
 
 def resident_bytes() -> int:
@@ -58,11 +69,17 @@ class StepMetrics:
             description="Resident memory of the Python step's process after its last batch",
             kind=family.GAUGE,
         )
+        refusals = family(
+            name="escnet_step_refusals_total",
+            description="Requests a Python step refused (INVALID_ARGUMENT), by the rule they broke",
+            kind=family.COUNTER,
+        )
         labels = {"model": model_name}
         self._requests = {o: requests.Metric(labels={**labels, "outcome": o}) for o in OUTCOMES}
         self._duration = duration.Metric(labels=labels)
         self._resident = resident.Metric(labels=labels)
-        self._families = (requests, duration, resident)  # kept alive with the metrics
+        self._refusals = {r: refusals.Metric(labels={**labels, "reason": r}) for r in REFUSAL_REASONS}
+        self._families = (requests, duration, resident, refusals)  # kept alive with the metrics
 
     @classmethod
     def create(cls, model_name: str) -> StepMetrics | None:
@@ -83,5 +100,49 @@ class StepMetrics:
         self._requests[outcome].increment(1)
         self._duration.increment(seconds * 1e6)
 
+    def refused(self, reason: str) -> None:
+        self._refusals[reason].increment(1)
+
     def batch_done(self) -> None:
         self._resident.set(resident_bytes())
+
+
+class TextEmbedderMetrics:
+    """The text embedder's cache and the classes of each request it embeds."""
+
+    def __init__(self, model_name: str) -> None:
+        family = pb_utils.MetricFamily
+        lookups = family(
+            name="escnet_text_cache_lookups_total",
+            description="Class names looked up in the text embedder's cache: hit (cached) or miss (encoded)",
+            kind=family.COUNTER,
+        )
+        entries = family(
+            name="escnet_text_cache_entries",
+            description="Class names held in the text embedder's cache",
+            kind=family.GAUGE,
+        )
+        classes = family(
+            name="escnet_request_classes",
+            description="Classes per request the text embedder embedded",
+            kind=family.HISTOGRAM,
+        )
+        labels = {"model": model_name}
+        self._hits = lookups.Metric(labels={**labels, "result": "hit"})
+        self._misses = lookups.Metric(labels={**labels, "result": "miss"})
+        self._entries = entries.Metric(labels=labels)
+        self._classes = classes.Metric(labels=labels, buckets=CLASS_BUCKETS)
+        self._families = (lookups, entries, classes)
+
+    @classmethod
+    def create(cls, model_name: str) -> TextEmbedderMetrics | None:
+        if not hasattr(pb_utils, "MetricFamily") or not hasattr(pb_utils.MetricFamily, "HISTOGRAM"):
+            return None
+        return cls(model_name)
+
+    def embedded(self, classes: int, missing: int, cache_entries: int) -> None:
+        """One request's ``classes`` names, ``missing`` of them (distinct) encoded, not cached."""
+        self._hits.increment(classes - missing)
+        self._misses.increment(missing)
+        self._entries.set(cache_entries)
+        self._classes.observe(classes)

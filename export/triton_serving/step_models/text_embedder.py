@@ -2,7 +2,9 @@
 
 The names were checked by preprocess (this step reads its VIEW_PLAN only to run after it). Names
 missing from the cache go to the text encoder model in one BLS request; a vocabulary seen before
-costs no text-encoder run at all.
+costs no text-encoder run at all. Each BLS request carries the client request's trace, so a
+traced request shows its text-encoder runs as its children. The cache's hits and misses and the
+classes per request go to /metrics (metrics.TextEmbedderMetrics).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from escnet_export.runtime import steps
 from escnet_export.runtime.request_checks import RequestCancelled, decode_class_names
 from escnet_export.runtime.runners import DEFAULT_CHUNKS
 from escnet_export.triton_serving.step_models.base import StepModel
+from escnet_export.triton_serving.step_models.metrics import TextEmbedderMetrics
 
 
 class TritonPythonModel(StepModel):
@@ -29,6 +32,7 @@ class TritonPythonModel(StepModel):
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.templates = SINGLE_TEMPLATE
         self.texts_per_run = int(self.parameters.get("texts_per_run") or DEFAULT_CHUNKS.texts)
+        self.cache_metrics = TextEmbedderMetrics.create(self.model_name)
 
     def encoder(self, request: Any) -> Callable[[np.ndarray], np.ndarray]:
         """TOKENS [N, 77] int32 -> TEXT_FEATURES [N, C] through the text encoder model, one BLS
@@ -45,6 +49,7 @@ class TritonPythonModel(StepModel):
                     inputs=[pb_utils.Tensor("TOKENS", tokens[start : start + self.texts_per_run])],
                     # On a GPU runtime the encoder answers on the GPU; the cache keeps host arrays.
                     preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
+                    trace=request.trace(),  # the encoder's run shows in the client request's trace
                 )
                 response = call.exec()
                 if response.has_error():
@@ -68,4 +73,6 @@ class TritonPythonModel(StepModel):
         result = np.stack([self.cache[name] for name in names])  # [T, P, C]
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
+        if self.cache_metrics is not None:
+            self.cache_metrics.embedded(len(names), len(missing), len(self.cache))
         return {"TEXT_EMBEDDINGS": result.astype(np.float32)}

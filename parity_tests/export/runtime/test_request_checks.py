@@ -13,6 +13,7 @@ import pytest
 from escnet.config import MODEL_CONFIGS
 from escnet_export.contract import DEFAULT_VARIANTS, REQUEST_LIMITS, RequestLimits
 from escnet_export.runtime.request_checks import (
+    REFUSAL_REASONS,
     RequestError,
     check_image,
     check_prompt_tokens,
@@ -120,3 +121,12 @@ def test_prompts_over_clip_context_are_refused() -> None:
     check_prompt_tokens([long_second], ["A photo of a {}"], count, TOKEN_LENGTH, "first")
     with pytest.raises(RequestError, match="makes a prompt of"):
         check_prompt_tokens([long_second], ["A photo of a {}"], count, TOKEN_LENGTH, "average")
+
+
+def test_a_refusal_names_a_known_reason() -> None:
+    """The reason is the label of the refusal metric: only the listed ones exist."""
+    assert RequestError("no image").reason == "bad_request"
+    assert RequestError("empty image", "image_format").reason == "image_format"
+    with pytest.raises(ValueError, match="unknown refusal reason 'typo'"):
+        RequestError("x", "typo")
+    assert len(set(REFUSAL_REASONS)) == len(REFUSAL_REASONS)
