@@ -40,26 +40,31 @@ differently from one another (numpy's and torch's float32 softmax disagree in th
 the cells or more, which flips ``p > threshold`` in maps near uniform), whereas these operations
 are correctly rounded everywhere: the probabilities, and hence the masks, clusters and points, are
 the same bits on any device and in the numpy port the served step runs
-(export/runtime/numpy_pseudo_points.py, which repeats these operations in the same order). The linear
-sampling is in float64 too; the points are rounded to float32 last.
+(export/runtime/numpy_pseudo_points.py; both call escnet/pseudo_prompt_arithmetic.py for the
+operations no array library decides, so they run them in the same order). The linear sampling is
+in float64 too; the points are rounded to float32 last.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from escnet.config import PseudoPromptConfig, check_pseudo_prompt_grid
+from escnet.config import PseudoPromptConfig
+from escnet.pseudo_prompt_arithmetic import (
+    EXP_FLOOR,
+    centroid_offsets,
+    check_score_maps,
+    exp_reduction,
+    pairwise_sum,
+    pixel_points,
+)
 
 __all__ = ["PseudoPrompts", "generate_pseudo_prompts"]
 
 # The frozen default configuration (a module-level instance, so no call sits in a default argument).
 _DEFAULT_CONFIG = PseudoPromptConfig()
-
-# The 3x3 neighbourhood offsets of the linear sampling, in a fixed order.
-_OFFSETS = (-1, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -92,55 +97,26 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values == best, index, size).amin(dim=-1)
 
 
-# exp(x) for x <= 0 in float64 (see the module docstring). ln 2 split in a high part with 21 trailing
-# zero bits (k * _LN2_HI is exact for |k| < 2**21) and the rest, as in fdlibm; the Taylor
-# coefficients 1/n! of exp on |r| <= ln(2)/2, whose degree-13 remainder is below 1e-17.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-_EXP_COEFFICIENTS = tuple(1.0 / math.factorial(n) for n in range(14))
-# Below this exp is taken as 0: e^-650 ~ 5e-283 keeps every probability, and every weight of the
-# linear sampling, a normal float64 even over a 73 x 73 grid (no subnormal arithmetic anywhere).
-_EXP_FLOOR = -650.0
-
-
 def _exp_nonpositive(x: torch.Tensor) -> torch.Tensor:
-    """``exp(x)`` of float64 ``x <= 0`` (any shape) from IEEE basic operations, 0 below ``_EXP_FLOOR``.
+    """``exp(x)`` of float64 ``x <= 0`` (any shape) from IEEE basic operations, 0 below ``EXP_FLOOR``.
 
     ``x = k ln 2 + r`` with ``k = floor(x / ln 2 + 1/2)``, ``exp(r)`` by Horner's rule, times
     ``2**k`` built from its exponent bits. Every step is one correctly rounded operation, so the
     result is the same bits on any device and in numpy.
     """
-    clamped = torch.clamp(x, min=_EXP_FLOOR)
-    k = torch.floor(clamped * _INV_LN2 + 0.5)
-    r = (clamped - k * _LN2_HI) - k * _LN2_LO
-    poly = _EXP_COEFFICIENTS[13] * r + _EXP_COEFFICIENTS[12]
-    for coefficient in _EXP_COEFFICIENTS[11::-1]:
-        poly = poly * r + coefficient
+    k, poly = exp_reduction(torch.clamp(x, min=EXP_FLOOR), torch.floor)
     power = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)  # 2**k, k >= -938
-    return torch.where(x < _EXP_FLOOR, 0.0, poly * power)
+    return torch.where(x < EXP_FLOOR, 0.0, poly * power)
 
 
-def _ordered_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum over the last axis in a fixed pairwise order: ``[N, L]`` -> ``[N, 1]``.
-
-    Zero-padded to a power of two and folded in halves (``v[:, :h] + v[:, h:]``), so the rounding
-    does not depend on the library's reduction kernel.
-    """
-    length = values.shape[-1]
-    width = 1 << (length - 1).bit_length()
-    if width > length:
-        values = torch.nn.functional.pad(values, (0, width - length))
-    while width > 1:
-        width //= 2
-        values = values[:, :width] + values[:, width:]
-    return values
+def _pad_columns(values: torch.Tensor, extra: int) -> torch.Tensor:
+    return torch.nn.functional.pad(values, (0, extra))
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis of float64 ``[N, L]`` (see the module docstring) -> ``[N, L]``."""
     weights = _exp_nonpositive(logits - logits.amax(dim=-1, keepdim=True))
-    return weights / _ordered_sum(weights)
+    return weights / pairwise_sum(weights, _pad_columns)
 
 
 def _validate(score_maps: torch.Tensor, image_size: int, config: PseudoPromptConfig) -> None:
@@ -151,15 +127,16 @@ def _validate(score_maps: torch.Tensor, image_size: int, config: PseudoPromptCon
             f"score_maps must have rank 3 [N, H, W] or 4 [B, T, H, W], got rank {score_maps.dim()} "
             f"with shape {tuple(score_maps.shape)}"
         )
-    if not score_maps.is_floating_point():
-        raise ValueError(f"score_maps must have a floating dtype, got {score_maps.dtype}")
-    if score_maps.numel() == 0:
-        raise ValueError(f"score_maps must be non-empty, got shape {tuple(score_maps.shape)}")
-    if torch.isnan(score_maps).any():
-        raise ValueError("score_maps must be finite, found NaN")
-    if torch.isinf(score_maps).any():
-        raise ValueError("score_maps must be finite, found inf")
-    check_pseudo_prompt_grid(int(score_maps.shape[-2]), int(score_maps.shape[-1]), image_size, config)
+    check_score_maps(
+        "score_maps",
+        tuple(score_maps.shape),
+        score_maps.dtype,
+        floating=score_maps.is_floating_point(),
+        has_nan=lambda: bool(torch.isnan(score_maps).any()),
+        has_inf=lambda: bool(torch.isinf(score_maps).any()),
+        image_size=image_size,
+        config=config,
+    )
 
 
 def _assign(
@@ -294,36 +271,22 @@ def generate_pseudo_prompts(
     # e. linear sampling over the clipped 3x3 neighbourhood: the (w * p)-weighted centroid. Each
     # row (column) of the neighbourhood is summed in a fixed order and the centroid offset is
     # (sum at +1 - sum at -1) / total, so a symmetric neighbourhood gives exactly the cell itself.
+    def weight_at(d_row: int, d_col: int, w: float) -> torch.Tensor:
+        n_row = best_row + d_row
+        n_col = best_col + d_col
+        inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
+        neighbour = n_row.clamp(0, height - 1) * width + n_col.clamp(0, width - 1)
+        p_neighbour = torch.gather(prob, 1, neighbour)  # [N, K]
+        # w is a Python float: no tensor is made for it, on whatever device the maps are.
+        return torch.where(inside, w * p_neighbour, 0.0)
+
     zeros = torch.zeros(num_maps, num_clusters, dtype=dtype, device=device)
-    row_sums = dict.fromkeys(_OFFSETS, zeros)  # accumulated out of place: sharing is safe
-    col_sums = dict.fromkeys(_OFFSETS, zeros)
-    for d_row in _OFFSETS:
-        for d_col in _OFFSETS:
-            n_row = best_row + d_row
-            n_col = best_col + d_col
-            inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
-            neighbour = n_row.clamp(0, height - 1) * width + n_col.clamp(0, width - 1)
-            p_neighbour = torch.gather(prob, 1, neighbour)  # [N, K]
-            # x - j/W with x = j*/W is (j* - j)/W, written with the exact integer difference.
-            # A Python float: no tensor is made for it, on whatever device the maps are.
-            dx = -d_col / width
-            dy = -d_row / height
-            w = max(0.0, 1.0 - math.sqrt(dx * dx + dy * dy))
-            weight = torch.where(inside, w * p_neighbour, 0.0)
-            row_sums[d_row] = row_sums[d_row] + weight
-            col_sums[d_col] = col_sums[d_col] + weight
-    total = row_sums[-1] + row_sums[0] + row_sums[1]
-    safe_total = torch.where(total > 0, total, 1.0)
-    row_offset = torch.where(total > 0, (row_sums[1] - row_sums[-1]) / safe_total, 0.0)
-    col_offset = torch.where(total > 0, (col_sums[1] - col_sums[-1]) / safe_total, 0.0)
+    row_offset, col_offset = centroid_offsets(weight_at, zeros, height, width, torch.where)
     row_c = best_row.to(dtype) + row_offset
     col_c = best_col.to(dtype) + col_offset
 
     # f. cell centres in the pixel frame, less the +0.5 SAM's prompt encoder adds.
-    stride_x = image_size / width
-    stride_y = image_size / height
-    x = stride_x * col_c + (stride_x / 2 - 0.5)
-    y = stride_y * row_c + (stride_y / 2 - 0.5)
+    x, y = pixel_points(row_c, col_c, image_size, height, width)
     points = torch.stack([x, y], dim=-1)
     points = torch.where(labels_valid[:, :, None], points, 0.0).to(torch.float32)
     labels = torch.where(labels_valid, 1, -1).to(torch.int64)

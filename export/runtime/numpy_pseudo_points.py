@@ -3,12 +3,13 @@
 Each Python step of the server is its own process and importing torch costs about 1 GiB in each,
 so this port of :func:`escnet.pseudo_prompts.generate_pseudo_prompts` (the PyTorch reference,
 whose module docstring states the algorithm) lets the step run without it: it imports only numpy,
-the standard library and the torch-free :mod:`escnet.config`.
+the standard library and the torch-free :mod:`escnet.config` and :mod:`escnet.pseudo_prompt_arithmetic`.
 
 The outputs are the reference's to the bit, as parity_tests/export/runtime/test_numpy_pseudo_points.py
-checks: the softmax repeats the reference's float64 operations one by one (an ``exp`` of IEEE
-basic operations, a fixed pairwise sum, a division), the linear sampling repeats its float64
-operations in the same order, and everything else (threshold, K-means, arg-max) is exact and
+checks: the softmax runs the reference's float64 operations one by one (an ``exp`` of IEEE
+basic operations, a fixed pairwise sum, a division), the linear sampling its float64 operations
+in the same order (both from escnet.pseudo_prompt_arithmetic, which the reference calls too), and
+everything else (threshold, K-means, arg-max) is exact and
 decided with the same tie rules. The K-means differs from the reference only in how it is computed:
 
 - the squared distance of every cell to a centre splits into a row part and a column part
@@ -24,28 +25,15 @@ decided with the same tie rules. The K-means differs from the reference only in 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from escnet.config import PseudoPromptConfig, check_pseudo_prompt_grid
+from escnet import pseudo_prompt_arithmetic as shared
+from escnet.config import PseudoPromptConfig
 
 __all__ = ["pseudo_points"]
 
 # The frozen default configuration (a module-level instance, so no call sits in a default argument).
 _DEFAULT_CONFIG = PseudoPromptConfig()
-
-# exp(x) for x <= 0 in float64, the reference's constants (escnet/pseudo_prompts.py): ln 2 in a
-# high part with 21 trailing zero bits and the rest, the Taylor coefficients 1/n!, the floor below
-# which exp is taken as 0.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-_EXP_COEFFICIENTS = tuple(1.0 / math.factorial(n) for n in range(14))
-_EXP_FLOOR = -650.0
-
-# The 3x3 neighbourhood offsets of the linear sampling, in the reference's order.
-_OFFSETS = (-1, 0, 1)
 
 
 def _validate(score: np.ndarray, image_size: int, config: PseudoPromptConfig) -> None:
@@ -56,49 +44,36 @@ def _validate(score: np.ndarray, image_size: int, config: PseudoPromptConfig) ->
         raise ValueError(
             f"score must have rank 4 [B, T, G, G], got rank {score.ndim} with shape {score.shape}"
         )
-    if not np.issubdtype(score.dtype, np.floating):
-        raise ValueError(f"score must have a floating dtype, got {score.dtype}")
-    if score.size == 0:
-        raise ValueError(f"score must be non-empty, got shape {score.shape}")
-    if np.isnan(score).any():
-        raise ValueError("score must be finite, found NaN")
-    if np.isinf(score).any():
-        raise ValueError("score must be finite, found inf")
-    check_pseudo_prompt_grid(int(score.shape[-2]), int(score.shape[-1]), image_size, config)
+    shared.check_score_maps(
+        "score",
+        score.shape,
+        score.dtype,
+        floating=bool(np.issubdtype(score.dtype, np.floating)),
+        has_nan=lambda: bool(np.isnan(score).any()),
+        has_inf=lambda: bool(np.isinf(score).any()),
+        image_size=image_size,
+        config=config,
+    )
 
 
 def _exp_nonpositive(x: np.ndarray) -> np.ndarray:
-    """``exp(x)`` of float64 ``x <= 0`` (any shape), 0 below ``_EXP_FLOOR``: the reference's
+    """``exp(x)`` of float64 ``x <= 0`` (any shape), 0 below ``shared.EXP_FLOOR``: the reference's
     operations (range reduction, Horner's rule, ``2**k`` from its exponent bits), one by one."""
-    clamped = np.maximum(x, _EXP_FLOOR)
-    k = np.floor(clamped * _INV_LN2 + 0.5)
-    r = (clamped - k * _LN2_HI) - k * _LN2_LO
-    poly = _EXP_COEFFICIENTS[13] * r + _EXP_COEFFICIENTS[12]
-    for coefficient in _EXP_COEFFICIENTS[11::-1]:
-        np.multiply(poly, r, out=poly)  # in place: the same single roundings as poly * r + c
-        np.add(poly, coefficient, out=poly)
+    k, poly = shared.exp_reduction(np.maximum(x, shared.EXP_FLOOR), np.floor)
     power = ((k.astype(np.int64) + 1023) << 52).view(np.float64)  # 2**k, k >= -938
     np.multiply(poly, power, out=poly)
-    poly[x < _EXP_FLOOR] = 0.0
+    poly[x < shared.EXP_FLOOR] = 0.0
     return poly
 
 
-def _ordered_sum(values: np.ndarray) -> np.ndarray:
-    """Sum over the last axis in the reference's pairwise order: ``[N, L]`` -> ``[N, 1]``."""
-    length = values.shape[-1]
-    width = 1 << (length - 1).bit_length()
-    if width > length:
-        values = np.concatenate([values, np.zeros((values.shape[0], width - length))], axis=1)
-    while width > 1:
-        width //= 2
-        values = values[:, :width] + values[:, width:]
-    return values
+def _pad_columns(values: np.ndarray, extra: int) -> np.ndarray:
+    return np.concatenate([values, np.zeros((values.shape[0], extra))], axis=1)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis of float64 ``[N, L]``, bit for bit the reference's -> ``[N, L]``."""
     weights = _exp_nonpositive(logits - logits.max(axis=-1, keepdims=True))
-    return weights / _ordered_sum(weights)
+    return weights / shared.pairwise_sum(weights, _pad_columns)
 
 
 def _assign(
@@ -288,35 +263,21 @@ def _prompts(
 
     # e. linear sampling over the clipped 3x3 neighbourhood: the (w * p)-weighted centroid, with
     # the reference's float64 operations in its order.
+    def weight_at(d_row: int, d_col: int, w: float) -> np.ndarray:
+        n_row = best_row + d_row
+        n_col = best_col + d_col
+        inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
+        neighbour = np.clip(n_row, 0, height - 1) * width + np.clip(n_col, 0, width - 1)
+        p_neighbour = np.take_along_axis(prob, neighbour, axis=1)  # [N, K]
+        return np.where(inside, w * p_neighbour, 0.0)
+
     zeros = np.zeros((num_maps, num_clusters))
-    row_parts = dict.fromkeys(_OFFSETS, zeros)  # accumulated out of place: sharing is safe
-    col_parts = dict.fromkeys(_OFFSETS, zeros)
-    for d_row in _OFFSETS:
-        for d_col in _OFFSETS:
-            n_row = best_row + d_row
-            n_col = best_col + d_col
-            inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
-            neighbour = np.clip(n_row, 0, height - 1) * width + np.clip(n_col, 0, width - 1)
-            p_neighbour = np.take_along_axis(prob, neighbour, axis=1)  # [N, K]
-            dx = -d_col / width
-            dy = -d_row / height
-            w = max(0.0, 1.0 - math.sqrt(dx * dx + dy * dy))
-            weight = np.where(inside, w * p_neighbour, 0.0)
-            row_parts[d_row] = row_parts[d_row] + weight
-            col_parts[d_col] = col_parts[d_col] + weight
-    total = row_parts[-1] + row_parts[0] + row_parts[1]
-    positive = total > 0
-    safe_total = np.where(positive, total, 1.0)
-    row_offset = np.where(positive, (row_parts[1] - row_parts[-1]) / safe_total, 0.0)
-    col_offset = np.where(positive, (col_parts[1] - col_parts[-1]) / safe_total, 0.0)
+    row_offset, col_offset = shared.centroid_offsets(weight_at, zeros, height, width, np.where)
     row_c = best_row.astype(np.float64) + row_offset
     col_c = best_col.astype(np.float64) + col_offset
 
     # f. cell centres in the pixel frame, less the +0.5 SAM's prompt encoder adds.
-    stride_x = image_size / width
-    stride_y = image_size / height
-    x = stride_x * col_c + (stride_x / 2 - 0.5)
-    y = stride_y * row_c + (stride_y / 2 - 0.5)
+    x, y = shared.pixel_points(row_c, col_c, image_size, height, width)
     points = np.where(labels_valid[:, :, None], np.stack([x, y], axis=-1), 0.0).astype(np.float32)
     labels = np.where(labels_valid, 1, -1).astype(np.int64)
     mask = foreground.astype(np.float32).reshape(num_maps, height, width)
