@@ -1,14 +1,23 @@
-"""TensorRT engines from the exported graphs.
+"""TensorRT engines from the exported graphs, built through Polygraphy.
 
 ``python -m escnet_export.engines.build`` (build.py) builds one plan per graph into
 ``model_repository/<ensemble>_<graph>/1/model.plan`` with ``model.plan.json`` beside it (plans.py's
 PlanMetadata), then writes the ``tensorrt_plan`` configs through
 ``escnet_export.triton_serving.repository`` (runtime "tensorrt").
 
+Polygraphy's loaders do the TensorRT work: NetworkFromOnnxPath parses, CreateConfig sets up the
+builder (profiles, memory pool, optimisation level, timing cache, progress monitor),
+EngineBytesFromNetwork builds and merges the timing cache back into its file (under a lock),
+SaveBytes writes the plan. What stays here is what is ours: which graph, which profiles, which
+flags, and the metadata.
+
 - Strongly typed networks (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): precision comes from
   the graph (fp16.py keeps LayerNorm, softmax, reductions and normalisations in FP32 by explicit
   casts), never from a builder flag. TensorRT 11 has no FP16 flag and is always strongly typed (it
   accepts the flag and ignores it); TensorRT 10 needs the flag. One code path builds on both.
+- TF32 stays TensorRT's default (on) for the FP16 build and is cleared for FP32, where the flag
+  exists (Polygraphy would clear it by default); the profiling verbosity stays TensorRT's default
+  (Polygraphy would ask for DETAILED).
 - The parser reads the simplified graph (trt_lint.simplified_path: constant-folded, the graph the
   lint checked), the optimisation profiles of contract.engine_profiles (a view count x a class
   bucket each; each axis overridable), a timing cache file shared by every build, and a progress
@@ -16,7 +25,8 @@ PlanMetadata), then writes the ``tensorrt_plan`` configs through
   per graph).
 - A plan that passes plans.check_plan (same machine, same graph, same precision and axes) is reused.
 
-TensorRT is imported lazily: this module imports on machines without it, and its builders say so.
+TensorRT is imported lazily (Polygraphy's loaders import it when called): this module imports on
+machines without it, and its builders say so.
 """
 
 from __future__ import annotations
@@ -29,17 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from polygraphy.backend.common import SaveBytes
+from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+from polygraphy.exception import PolygraphyException
+from polygraphy.logger import G_LOGGER
 from tqdm import tqdm
 
 from escnet.config import MODEL_CONFIGS
-from escnet_export.artifacts import (
-    DEFAULT_ONNX_DIR,
-    DEFAULT_REPOSITORY,
-    DEFAULT_TIMING_CACHE,
-    file_sha256,
-    metadata_path,
-    plan_file,
-)
+from escnet_export.artifacts import DEFAULT_ONNX_DIR, DEFAULT_REPOSITORY, DEFAULT_TIMING_CACHE, plan_file
 from escnet_export.contract import (
     AXIS_PROFILES,
     DEFAULT_VARIANTS,
@@ -52,7 +59,9 @@ from escnet_export.contract import (
 from escnet_export.engines.plans import (
     PlanMetadata,
     PlanMismatch,
+    axis_values,
     check_plan,
+    plan_metadata,
     probe_machine,
     require_tensorrt,
 )
@@ -129,20 +138,23 @@ def _progress_monitor(graph: str) -> trt.IProgressMonitor | None:
     return TqdmMonitor()
 
 
-def _parser_errors(parser: trt.OnnxParser) -> str:
-    lines = []
-    for index in range(parser.num_errors):
-        error = parser.get_error(index)
-        lines.append(f"node {error.node()} {error.node_name()!r} ({error.node_operator()}): {error.desc()}")
-    return "\n  ".join(lines)
+def polygraphy_profiles(profiles: Sequence[Mapping[str, Mapping[str, list[int]]]]) -> list[Profile]:
+    """contract.engine_profiles as Polygraphy Profiles, in the engine's order (one min/opt/max an input)."""
+    converted = []
+    for shapes_by_input in profiles:
+        profile = Profile()
+        for name, shapes in shapes_by_input.items():
+            profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+        converted.append(profile)
+    return converted
 
 
-def _network_flags() -> int:
-    """STRONGLY_TYPED: required on TensorRT 10, accepted and ignored by 11 (always strongly typed)."""
-    import tensorrt as trt
-
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    return 0 if flag is None else 1 << int(flag)
+def _check_inputs(network: trt.INetworkDefinition, step: StepSpec, profile: Mapping[str, object]) -> None:
+    """Polygraphy fills an input a profile does not name with default shapes; the contract must name
+    every input of the graph, and only those."""
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    if names != set(profile):
+        raise EngineBuildError(f"{step.name}: network inputs {sorted(names)}, contract {sorted(profile)}")
 
 
 def build_engine(
@@ -163,69 +175,63 @@ def build_engine(
 
     start = time.perf_counter()
     machine = probe_machine()
-    logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(_network_flags())
-    parser = trt.OnnxParser(network, logger)
     parsed = parse_path or source
-    if not parser.parse_from_file(str(parsed)):
-        raise EngineBuildError(f"TensorRT's ONNX parser refused {parsed}:\n  {_parser_errors(parser)}")
     profiles = engine_profiles(step, options.axes)
-    names = {network.get_input(i).name for i in range(network.num_inputs)}
-    if names != set(profiles[0]):
-        raise EngineBuildError(f"{step.name}: network inputs {sorted(names)}, contract {sorted(profiles[0])}")
+    has_tf32 = getattr(trt.BuilderFlag, "TF32", None) is not None  # TensorRT 10: on by default; 11: none
+    strongly_typed = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # see the module doc
+    cache = options.timing_cache
+    cache.parent.mkdir(parents=True, exist_ok=True)  # Polygraphy locks <cache>.lock beside it
+    # TensorRT's verbose messages reach Polygraphy's logger as EXTRA_VERBOSE, its warnings as WARNING
+    with G_LOGGER.verbosity(G_LOGGER.EXTRA_VERBOSE if options.verbose else G_LOGGER.WARNING):
+        try:
+            builder, network, parser = NetworkFromOnnxPath(str(parsed), strongly_typed=strongly_typed)()
+        except PolygraphyException as error:
+            raise EngineBuildError(
+                f"TensorRT's ONNX parser refused {parsed}: {error} (Polygraphy logged its errors above)"
+            ) from error
+        _check_inputs(network, step, profiles[0])
+        config = CreateConfig(
+            # an FP32 engine computes FP32 products, comparable with the FP32 graph
+            tf32=has_tf32 and options.precision != "fp32",
+            profiles=polygraphy_profiles(profiles),
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options.workspace_gib << 30},
+            builder_optimization_level=options.optimization_level,
+            profiling_verbosity=trt.ProfilingVerbosity.LAYER_NAMES_ONLY,  # TensorRT's default
+            load_timing_cache=str(cache) if cache.is_file() else None,
+            progress_monitor=_progress_monitor(step.name) if progress else None,
+        )
+        engine = EngineBytesFromNetwork(
+            (builder, network, parser), config=config, save_timing_cache=str(cache)
+        )
+        try:
+            SaveBytes(engine, path=str(plan_path))()
+        except PolygraphyException as error:
+            raise EngineBuildError(
+                f"TensorRT failed to build {step.name} from {parsed}: {error} (see its log above)"
+            ) from error
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_gib << 30)
-    config.builder_optimization_level = options.optimization_level
-    tf32 = getattr(trt.BuilderFlag, "TF32", None)  # TensorRT 10: on by default; 11: no such flag
-    if options.precision == "fp32" and tf32 is not None:
-        config.clear_flag(tf32)  # an FP32 engine computes FP32 products, comparable with the FP32 graph
-    for shapes_by_input in profiles:
-        profile = builder.create_optimization_profile()
-        for name, shapes in shapes_by_input.items():
-            profile.set_shape(name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
-        config.add_optimization_profile(profile)
-    cache_bytes = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
-    monitor = _progress_monitor(step.name) if progress else None
-    if monitor is not None:
-        config.progress_monitor = monitor
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build {step.name} from {parsed} (see its log above)")
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_bytes(serialized)
-    options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    options.timing_cache.write_bytes(config.get_timing_cache().serialize())
-
-    metadata = PlanMetadata(
+    metadata = plan_metadata(
+        plan_path,
+        source,
+        machine,
         variant=variant,
         ensemble=ensemble,
         graph=step.name,
         precision=options.precision,
-        tensorrt_version=machine.tensorrt_version,
-        gpu_name=machine.gpu_name,
-        compute_capability=machine.compute_capability,
-        onnx_path=str(source),
-        onnx_sha256=file_sha256(source),
-        plan_sha256=file_sha256(plan_path),
         profiles=profiles,
-        axes={k: [v.minimum, v.optimum, v.maximum] for k, v in options.axes.items()},
+        axes=axis_values(options.axes),
         builder={
             "strongly_typed": True,
-            "tf32": None if tf32 is None else options.precision != "fp32",  # None: no such flag
+            "tf32": options.precision != "fp32" if has_tf32 else None,  # None: no such flag
             "parsed": str(parsed),
             "workspace_gib": options.workspace_gib,
             "optimization_level": options.optimization_level,
-            "timing_cache": str(options.timing_cache),
+            "timing_cache": str(cache),
         },
         built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - start, 1),
     )
-    metadata_path(plan_path).write_text(metadata.to_json())
+    metadata.write(plan_path)
     return metadata
 
 
@@ -278,9 +284,7 @@ def build_engines(
             if not force and plan_path.is_file():
                 try:
                     metadata = check_plan(plan_path, onnx_path=sources[graph], onnx_dir=onnx_dir)
-                    if metadata.precision == options.precision and metadata.axes == {
-                        k: [v.minimum, v.optimum, v.maximum] for k, v in options.axes.items()
-                    }:
+                    if (metadata.precision, metadata.axes) == (options.precision, axis_values(options.axes)):
                         built[name] = metadata
                         continue
                 except PlanMismatch as mismatch:

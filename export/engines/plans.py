@@ -30,7 +30,7 @@ from escnet_export.artifacts import (
     metadata_path,
     plan_file,
 )
-from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS, graph_names
+from escnet_export.contract import AXIS_PROFILES, DEFAULT_VARIANTS, AxisProfile, graph_names
 from escnet_export.triton_serving.configs import model_name
 
 METADATA_SCHEMA = 2  # 2: a list of optimisation profiles
@@ -82,12 +82,34 @@ class PlanMetadata:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def write(self, plan_path: Path) -> None:
+        """Write it as the plan's ``model.plan.json``."""
+        metadata_path(plan_path).write_text(self.to_json())
+
     @classmethod
     def from_json(cls, text: str) -> PlanMetadata:
         values = json.loads(text)
         if values.get("schema") != METADATA_SCHEMA:
             raise PlanMismatch(f"plan metadata schema {values.get('schema')!r}, expected {METADATA_SCHEMA}")
         return cls(**values)
+
+
+def plan_metadata(plan_path: Path, onnx_path: Path, machine: MachineInfo, **declared: Any) -> PlanMetadata:
+    """The metadata of a plan file and the graph it was built from: the machine's fields and both
+    sha256 measured here, the rest (variant, ensemble, graph, precision, profiles, axes, builder,
+    built_at, build_seconds) as declared."""
+    return PlanMetadata(
+        **declared,
+        **asdict(machine),
+        onnx_path=str(onnx_path),
+        onnx_sha256=file_sha256(onnx_path),
+        plan_sha256=file_sha256(plan_path),
+    )
+
+
+def axis_values(axes: Mapping[str, AxisProfile]) -> dict[str, list[int]]:
+    """Axis profiles as the metadata records them: axis -> [min, opt, max]."""
+    return {name: [v.minimum, v.optimum, v.maximum] for name, v in axes.items()}
 
 
 def tensorrt_unavailable() -> str | None:
@@ -122,7 +144,7 @@ def rebuild_command(
 ) -> str:
     """The exact command that rebuilds one plan on the machine that will serve it (with the plan's
     own axis profiles where they differ from the contract's)."""
-    defaults = {k: [v.minimum, v.optimum, v.maximum] for k, v in AXIS_PROFILES.items()}
+    defaults = axis_values(AXIS_PROFILES)
     custom = [
         f"--axis={name}={','.join(str(v) for v in values)}"
         for name, values in sorted((axes or {}).items())

@@ -42,6 +42,7 @@ from escnet_export.engines.plans import (
     PlanMismatch,
     TensorRTUnavailable,
     check_plan,
+    plan_metadata,
     probe_machine,
     tensorrt_unavailable,
 )
@@ -116,29 +117,28 @@ def _fake_plan(tmp_path: Path, machine: MachineInfo = HERE) -> tuple[Path, Path,
     plan = tmp_path / "model_repository" / "escnet_prep" / "1" / "model.plan"
     plan.parent.mkdir(parents=True)
     plan.write_bytes(b"engine bytes")
-    metadata = PlanMetadata(
+    metadata = plan_metadata(
+        plan,
+        onnx_path,
+        machine,
         variant="escnet_vitb16_384",
         ensemble="escnet",
         graph="prep",
         precision="fp16",
-        tensorrt_version=machine.tensorrt_version,
-        gpu_name=machine.gpu_name,
-        compute_capability=machine.compute_capability,
-        onnx_path=str(onnx_path),
-        onnx_sha256=file_sha256(onnx_path),
-        plan_sha256=file_sha256(plan),
         profiles=[],
         axes={},
         builder={},
         built_at="2026-01-01T00:00:00+00:00",
         build_seconds=1.0,
     )
-    metadata_path(plan).write_text(metadata.to_json())
+    metadata.write(plan)
     return plan, onnx_path, metadata
 
 
 def test_check_plan_accepts_its_own_machine(tmp_path: Path) -> None:
-    plan, _, metadata = _fake_plan(tmp_path)
+    plan, onnx_path, metadata = _fake_plan(tmp_path)
+    assert (metadata.onnx_sha256, metadata.plan_sha256) == (file_sha256(onnx_path), file_sha256(plan))
+    assert (metadata.tensorrt_version, metadata.onnx_path) == (HERE.tensorrt_version, str(onnx_path))
     assert check_plan(plan, machine=HERE) == metadata
     assert PlanMetadata.from_json(metadata_path(plan).read_text()) == metadata
 
