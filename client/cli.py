@@ -17,16 +17,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from escnet_client.classes import CLASS_SEPARATOR, parse_classes, read_classes_file
+from escnet_client.cli_common import CliError, OneLineParser, add_server_arguments, run_command
 from escnet_client.errors import SegmentationError, ServerUnavailable
 from escnet_client.images import ImageReadError, check_image_file, load_image
 from escnet_client.render import labels_image, render_overlay
 from escnet_client.result import SegmentationResult
 from escnet_client.sdk import SegmentationClient
-from escnet_client.wire import DEFAULT_MODEL, DEFAULT_PORTS, DEFAULT_TIMEOUT_S, PROTOCOLS
-from escnet_export.contract import DEFAULT_VARIANTS
 
 PROG = "segment"
 EXIT_OK = 0
@@ -37,22 +36,8 @@ EXIT_UNAVAILABLE = 4  # server down, unreachable, not ready, or no answer in tim
 EXIT_REFUSED = 5  # the server refused the request (or failed on it)
 
 
-class CliError(Exception):
-    """A failure with its exit code and one-line reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit code 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Open-vocabulary segmentation of images by a Triton server running ESC-Net or CAT-Seg.",
         epilog=f"Classes are separated by '{CLASS_SEPARATOR}'; a comma inside a class lists synonyms "
@@ -69,14 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--classes-file", type=Path, help="text file with one class per line ('#' starts a comment line)"
     )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help=f"server host:port (default 127.0.0.1:{DEFAULT_PORTS['http']} for HTTP, "
-        f"127.0.0.1:{DEFAULT_PORTS['grpc']} for gRPC)",
-    )
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    parser.add_argument("--model", choices=list(DEFAULT_VARIANTS), default=DEFAULT_MODEL)
+    add_server_arguments(parser)
     parser.add_argument(
         "--out", type=Path, help="write <stem>_overlay.png, <stem>_labels.png, <stem>.json here"
     )
@@ -86,30 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exchange tensors through system shared memory (same host)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="S",
-        help="seconds to wait for one request",
-    )
-    parser.add_argument(
-        "--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for the server to be ready"
-    )
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CliError as error:
-        print(f"{PROG}: error: {error.reason}", file=sys.stderr)
-        return error.code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(PROG, run, build_parser().parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,14 +18,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from escnet_client.cli_common import CliError, OneLineParser, add_server_arguments, run_command
 from escnet_client.datasets import LAYOUTS, Dataset, DatasetError, open_dataset, read_class_list
 from escnet_client.errors import ServerUnavailable
 from escnet_client.eval_backends import Backend, ReferenceBackend, ServedBackend
 from escnet_client.eval_report import output_paths, report, write_report
 from escnet_client.eval_runner import EvaluationAborted, EvaluationRun, evaluate
-from escnet_client.wire import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, PROTOCOLS
 from escnet_export.contract import DEFAULT_VARIANTS
 
 PROG = "escnet-evaluate"
@@ -36,13 +35,8 @@ EXIT_UNAVAILABLE = 4
 BACKENDS = ("served", "reference", "both")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit code 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="mIoU of the served ensemble or the PyTorch reference.")
+    parser = OneLineParser(prog=PROG, description="mIoU of the served ensemble or the PyTorch reference.")
     parser.add_argument("dataset", type=Path, help="dataset folder (layouts: see --layout)")
     parser.add_argument("--classes-file", type=Path, required=True, help="JSON list or one name a line")
     parser.add_argument("--out", type=Path, required=True, help="folder for <backend>.json / .csv / .png")
@@ -56,11 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=BACKENDS, default="served")
     served = parser.add_argument_group("served backend")
-    served.add_argument("--url", help="server host:port (default 127.0.0.1:8000 HTTP, :8001 gRPC)")
-    served.add_argument("--protocol", choices=PROTOCOLS, default="http")
-    served.add_argument("--model", choices=list(DEFAULT_VARIANTS), default=DEFAULT_MODEL, help="ensemble")
-    served.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per request")
-    served.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait for the server")
+    add_server_arguments(served)
     reference = parser.add_argument_group("reference backend (PyTorch, in this process)")
     reference.add_argument("--variant", help="default: the variant the ensemble serves")
     reference.add_argument("--checkpoint", help="whole-model checkpoint (official CAT-Seg or ours)")
@@ -83,31 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except DatasetError as error:
-        return _fail(EXIT_USAGE, str(error))
-    except ServerUnavailable as error:
-        return _fail(EXIT_UNAVAILABLE, error.message)
-    except EvaluationAborted as error:
+    return run_command(PROG, run, build_parser().parse_args(argv), explain=_exit_code)
+
+
+def _exit_code(error: Exception) -> CliError | None:
+    """The exit code and reason of a failure of the evaluation (None: not one of its own)."""
+    if isinstance(error, DatasetError):
+        return CliError(EXIT_USAGE, str(error))
+    if isinstance(error, ServerUnavailable):
+        return CliError(EXIT_UNAVAILABLE, error.message)
+    if isinstance(error, EvaluationAborted):
         unavailable = isinstance(error.__cause__, ServerUnavailable)
-        return _fail(EXIT_UNAVAILABLE if unavailable else EXIT_FAILED, f"stopped: {error}")
-    except OSError as error:
-        return _fail(EXIT_FAILED, f"cannot write the report: {error}")
-    except KeyboardInterrupt:
-        return _fail(130, "interrupted")
-
-
-def _fail(code: int, reason: str) -> int:
-    print(f"{PROG}: error: {reason}", file=sys.stderr)
-    return code
+        return CliError(EXIT_UNAVAILABLE if unavailable else EXIT_FAILED, f"stopped: {error}")
+    if isinstance(error, OSError):
+        return CliError(EXIT_FAILED, f"cannot write the report: {error}")
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     """Check arguments, dataset and outputs first; then segment, score and write the reports."""
     if args.workers < 1 or args.timeout <= 0 or (args.short_side is not None and args.short_side < 1):
-        return _fail(EXIT_USAGE, "--workers and --short-side must be >= 1, --timeout > 0")
+        raise CliError(EXIT_USAGE, "--workers and --short-side must be >= 1, --timeout > 0")
     classes = read_class_list(args.classes_file)
     dataset = open_dataset(
         args.dataset, args.layout, split=args.split, reduce_zero_label=args.reduce_zero_label
@@ -115,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     names = ["served", "reference"] if args.backend == "both" else [args.backend]
     existing = [p for n in names for p in output_paths(args.out, n) if p.exists()]
     if existing and not args.overwrite:
-        return _fail(EXIT_USAGE, f"{existing[0]} exists: this run does not resume; use --overwrite")
+        raise CliError(EXIT_USAGE, f"{existing[0]} exists: this run does not resume; use --overwrite")
     args.out.mkdir(parents=True, exist_ok=True)
     print(describe(dataset, classes, args.limit), flush=True)
     backends = make_backends(args, names)
