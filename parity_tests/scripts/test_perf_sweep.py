@@ -49,6 +49,20 @@ def passes(*windows: tuple[str, int]) -> str:
     )
 
 
+def composing_model(name: str, count: int, latency: int, parts: tuple[int, int, int, int, int]) -> str:
+    """perf_analyzer's verbose block of one composing model: its counts, then its average latency and
+    that latency's parts (overhead, queue, compute input, compute infer, compute output), in usec."""
+    overhead, queue, compute_input, compute_infer, compute_output = parts
+    counts = "".join(
+        f"      {what} count: {count}\n" for what in ("Inference", "Execution", "Successful request")
+    )
+    return (
+        f"  {name}, version: 1\n{counts}      Avg request latency: {latency} usec (overhead {overhead} usec"
+        f" + queue {queue} usec + compute input {compute_input} usec + compute infer {compute_infer} usec"
+        f" + compute output {compute_output} usec)\n"
+    )
+
+
 STABLE_STDOUT = (
     HEADER
     + passes(("0.0905361", 10803280), ("0.090565", 10447498), ("0.110865", 8943840))
@@ -69,20 +83,11 @@ STABLE_STDOUT = (
     Avg request latency: 10056754 usec (overhead 0 usec + queue 11105 usec + compute 10049316 usec)
 
   Composing models:
-  catseg_aggregator_1, version: 1
-      Inference count: 3
-      Execution count: 3
-      Successful request count: 3
-      Avg request latency: 3293742 usec (overhead 6 usec + queue 990 usec + compute input 176 usec + \
-compute infer 3288891 usec + compute output 3678 usec)
-
-  catseg_text_embedder, version: 1
-      Inference count: 4
-      Execution count: 4
-      Successful request count: 4
-      Avg request latency: 4401 usec (overhead 6 usec + queue 1992 usec + compute input 49 usec + \
-compute infer 2292 usec + compute output 61 usec)
-
+"""
+    + composing_model("catseg_aggregator_1", 3, 3293742, (6, 990, 176, 3288891, 3678))
+    + "\n"
+    + composing_model("catseg_text_embedder", 4, 4401, (6, 1992, 49, 2292, 61))
+    + """
 Inferences/Second vs. Client p50 Batch Latency
 Concurrency: 1, throughput: 0.0964409 infer/sec, latency 10447498 usec
 """
