@@ -7,6 +7,8 @@ Starts one real tritonserver on the checked-in model_repository/ (build it first
 with the first T names of parity_tests/data/vocabulary.txt, and reports the median client latency.
 The text-embedding cache is warmed by the untimed first request, as a fixed vocabulary is in use;
 one more request with T names not sent before shows a cache miss (the text encoder runs T times).
+The server's start-to-ready time and each first request (cold cache; for the first T of an
+ensemble, graphs never run before) say what a new replica costs (README, Running on Kubernetes).
 Per composing model, Triton's statistics API gives the compute time of the timed requests; the
 Python steps' share is the time of preprocess, text_embedder, pseudo_points and postprocess over the
 sum of all composing models. The direct ORT chain and the PyTorch reference are
@@ -100,11 +102,15 @@ def main() -> None:
     direct = json.loads(DIRECT.read_text())["results"] if DIRECT.is_file() else []
     rows = []
     with TritonServer(model_repository=args.repository) as server:
+        startup_s = server.startup_s or float("nan")  # start to ready: every model loaded
+        print(f"tritonserver ready in {startup_s:.1f} s", flush=True)
         client = http.InferenceServerClient(server.http_url, connection_timeout=1800, network_timeout=1800)
         for ensemble in args.ensembles:
             for classes in args.classes:
                 names = names_all[:classes]
-                request(client, ensemble, image, names)  # warm-up; fills the text cache
+                # The first request: a cold text cache and, for the first T of an ensemble, graphs
+                # that have never run (what a new replica's first client pays).
+                first = request(client, ensemble, image, names)
                 before = compute_snapshot(client)
                 latencies = [request(client, ensemble, image, names) for _ in range(args.runs)]
                 after = compute_snapshot(client)
@@ -117,6 +123,8 @@ def main() -> None:
                 row = {
                     "ensemble": ensemble,
                     "classes": classes,
+                    "first_request_s": round(first, 3),
+                    "first_request_graphs_cold": classes == args.classes[0],
                     "served_median_s": round(statistics.median(latencies), 3),
                     "served_runs_s": [round(x, 3) for x in latencies],
                     "python_steps_share": round(python_share(per_step), 4),
@@ -135,13 +143,15 @@ def main() -> None:
                     f" | ORT chain {ort or float('nan'):7.2f} s | PyTorch {torch_ or float('nan'):7.2f} s"
                     f" | served/ORT {row['served_median_s'] / ort if ort else float('nan'):.2f}"
                     f" | Python steps {row['python_steps_share']:.1%} of model time"
-                    f" | unseen vocabulary (text cache miss) {uncached or float('nan'):.2f} s",
+                    f" | unseen vocabulary (text cache miss) {uncached or float('nan'):.2f} s"
+                    f" | first request {first:.2f} s",
                     flush=True,
                 )
         client.close()
     print_targets(rows)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     record = {
+        "server_start_to_ready_s": round(startup_s, 1),
         "load_average": os.getloadavg(),
         "runs": args.runs,
         "server_glibc_tunables": with_malloc_hugepages(os.environ).get("GLIBC_TUNABLES", ""),
