@@ -19,6 +19,7 @@ from torch import nn
 from escnet.clip_backbone import build_clip_model, encode_image_dense, encode_text_normalised
 from escnet.config import ModelConfig
 from escnet.cost_aggregation import CostAggregator
+from escnet.image_views import segment_probabilities
 from escnet.pseudo_prompts import generate_pseudo_prompts
 from escnet.text_prompts import SINGLE_TEMPLATE, class_text_embeddings
 
@@ -158,8 +159,6 @@ class OpenVocabSegmenter(nn.Module):
         Follows ``config.protocol`` (by default CAT-Seg's official evaluation: shorter side to 640,
         sliding window, first synonym); see escnet/image_views.py.
         """
-        from escnet.image_views import segment_probabilities
-
         pixels = validate_image(image)
         text = self.embed_class_names(class_names)
         probabilities = segment_probabilities(self, pixels, text)  # [T, H, W]
