@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install.sh
-bash scripts/install_deploy_tools.sh  # kubectl, kubernetes-validate, hadolint for parity_tests/deploy
+bash scripts/install_deploy_tools.sh  # kubectl, kubernetes-validate, hadolint, checkov for parity_tests/deploy
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pytest parity_tests -rs "$@"
