@@ -216,7 +216,12 @@ class ClientPolicy:
         inputs, outputs = build_tensors(self._module, request, regions)
         sent = time.perf_counter()
         response = await self._call(
-            self.triton.infer, request.model, inputs, outputs=outputs, **self._call_timeout
+            self.triton.infer,
+            request.model,
+            inputs,
+            outputs=outputs,
+            headers=request.headers,
+            **self._call_timeout,
         )
         answered = time.perf_counter()
         return read_result(response, request, regions, Timings(sent - started, answered - sent, 0.0))

@@ -8,6 +8,7 @@ SCORES float32 [T, H, W] out.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import types
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MODEL = "escnet"
 DEFAULT_TIMEOUT_S = 300.0  # one request: a large image with many classes takes minutes on a CPU
 _SCHEMES = ("http://", "https://", "grpc://")
+# Sent with every request: a key of its vocabulary, for an L7 proxy to route the same vocabulary to
+# the same replica, whose text cache holds it (README, Load balancing). Servers ignore it.
+VOCABULARY_HEADER = "escnet-vocabulary"
 
 
 def check_protocol(protocol: str) -> str:
@@ -71,6 +75,17 @@ class Request:
     class_names: list[str]
     scores: bool
     model: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request's HTTP headers (gRPC metadata): its :func:`vocabulary_key`."""
+        return {VOCABULARY_HEADER: vocabulary_key(self.class_names)}
+
+
+def vocabulary_key(class_names: list[str]) -> str:
+    """16 hex digits naming a set of class names: the same names in any order give the same key."""
+    text = "\n".join(sorted(set(class_names)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def prepare_request(image: ImageInput, classes: Any, *, scores: bool, model: str) -> Request:

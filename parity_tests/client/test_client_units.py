@@ -37,7 +37,7 @@ from escnet_client import (
 from escnet_client.errors import translate_error
 from escnet_client.policy import ClientPolicy, run_sync
 from escnet_client.shm import REGION_PREFIX, RequestRegions, is_in_use_error
-from escnet_client.wire import normalize_url
+from escnet_client.wire import VOCABULARY_HEADER, normalize_url, prepare_request, vocabulary_key
 from escnet_export.contract import LABELS, SCORES
 from escnet_export.triton_serving.server import free_port
 
@@ -419,3 +419,14 @@ def test_cli_server_down_exit_4(image_file: Path, protocol: str) -> None:
     line = one_line_error(done)
     assert url in line and ("unreachable" in line or "unavailable" in line)
     assert done.stdout == ""
+
+
+def test_every_request_names_its_vocabulary_for_routing() -> None:
+    """The escnet-vocabulary header: the same names in any order, the same key; other names, another."""
+    image = np.zeros((32, 32, 3), np.uint8)
+    request = prepare_request(image, "cat; sofa, couch; wall", scores=False, model="escnet")
+    key = request.headers[VOCABULARY_HEADER]
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert key == vocabulary_key(["wall", "cat", "sofa, couch"])
+    assert key != vocabulary_key(["wall", "cat", "sofa"])
+    assert key != vocabulary_key(["wall", "cat"])

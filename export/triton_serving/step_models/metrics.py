@@ -49,37 +49,51 @@ def resident_bytes() -> int:
         return 0
 
 
+# Every family ours: name -> (description, kind). Each step process creates those it publishes once.
+FAMILIES = {
+    "escnet_step_requests_total": ("Requests a Python step answered, by outcome", "COUNTER"),
+    "escnet_step_duration_us_total": ("Microseconds a Python step spent answering requests", "COUNTER"),
+    "escnet_step_resident_bytes": (
+        "Resident memory of the Python step's process after its last batch",
+        "GAUGE",
+    ),
+    "escnet_step_refusals_total": (
+        "Requests a Python step refused (INVALID_ARGUMENT), by the rule they broke",
+        "COUNTER",
+    ),
+    "escnet_text_cache_lookups_total": (
+        "Class names looked up in the text embedder's cache: hit (cached) or miss (encoded)",
+        "COUNTER",
+    ),
+    "escnet_text_cache_entries": ("Class names held in the text embedder's cache", "GAUGE"),
+    "escnet_request_classes": ("Classes per request the text embedder embedded", "HISTOGRAM"),
+}
+
+
+def create_families(*names: str) -> list[Any]:
+    """The pb_utils.MetricFamily of each name, as FAMILIES describes it."""
+    family = pb_utils.MetricFamily
+    return [
+        family(name=name, description=FAMILIES[name][0], kind=getattr(family, FAMILIES[name][1]))
+        for name in names
+    ]
+
+
 class StepMetrics:
     """The metrics of one step model, labelled with its name."""
 
     def __init__(self, model_name: str) -> None:
-        family = pb_utils.MetricFamily
-        requests = family(
-            name="escnet_step_requests_total",
-            description="Requests a Python step answered, by outcome",
-            kind=family.COUNTER,
-        )
-        duration = family(
-            name="escnet_step_duration_us_total",
-            description="Microseconds a Python step spent answering requests",
-            kind=family.COUNTER,
-        )
-        resident = family(
-            name="escnet_step_resident_bytes",
-            description="Resident memory of the Python step's process after its last batch",
-            kind=family.GAUGE,
-        )
-        refusals = family(
-            name="escnet_step_refusals_total",
-            description="Requests a Python step refused (INVALID_ARGUMENT), by the rule they broke",
-            kind=family.COUNTER,
-        )
+        requests, duration, resident, refusals = self._families = create_families(
+            "escnet_step_requests_total",
+            "escnet_step_duration_us_total",
+            "escnet_step_resident_bytes",
+            "escnet_step_refusals_total",
+        )  # kept alive with the metrics
         labels = {"model": model_name}
         self._requests = {o: requests.Metric(labels={**labels, "outcome": o}) for o in OUTCOMES}
         self._duration = duration.Metric(labels=labels)
         self._resident = resident.Metric(labels=labels)
         self._refusals = {r: refusals.Metric(labels={**labels, "reason": r}) for r in REFUSAL_REASONS}
-        self._families = (requests, duration, resident, refusals)  # kept alive with the metrics
 
     @classmethod
     def create(cls, model_name: str) -> StepMetrics | None:
@@ -111,28 +125,14 @@ class TextEmbedderMetrics:
     """The text embedder's cache and the classes of each request it embeds."""
 
     def __init__(self, model_name: str) -> None:
-        family = pb_utils.MetricFamily
-        lookups = family(
-            name="escnet_text_cache_lookups_total",
-            description="Class names looked up in the text embedder's cache: hit (cached) or miss (encoded)",
-            kind=family.COUNTER,
-        )
-        entries = family(
-            name="escnet_text_cache_entries",
-            description="Class names held in the text embedder's cache",
-            kind=family.GAUGE,
-        )
-        classes = family(
-            name="escnet_request_classes",
-            description="Classes per request the text embedder embedded",
-            kind=family.HISTOGRAM,
+        lookups, entries, classes = self._families = create_families(
+            "escnet_text_cache_lookups_total", "escnet_text_cache_entries", "escnet_request_classes"
         )
         labels = {"model": model_name}
         self._hits = lookups.Metric(labels={**labels, "result": "hit"})
         self._misses = lookups.Metric(labels={**labels, "result": "miss"})
         self._entries = entries.Metric(labels=labels)
         self._classes = classes.Metric(labels=labels, buckets=CLASS_BUCKETS)
-        self._families = (lookups, entries, classes)
 
     @classmethod
     def create(cls, model_name: str) -> TextEmbedderMetrics | None:
