@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from escnet.config import MAX_CLASS_NAME_BYTES
+from escnet.config import MAX_CLASS_NAME_BYTES, SINGLE_TEMPLATE
 
-SINGLE_TEMPLATE: tuple[str, ...] = ("A photo of a {} in the scene",)
+__all__ = ["MAX_CLASS_NAME_BYTES", "SINGLE_TEMPLATE", "split_synonyms", "validate_class_names"]
 
 
 def split_synonyms(class_name: str, rule: str = "first") -> list[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 # One class name, in UTF-8 bytes (the unit a served request's names arrive in); CLIP reads 77 tokens,
 # and a longer name is refused, never silently cut. The served limit (RequestLimits) defaults to it.
 MAX_CLASS_NAME_BYTES = 200
+# CAT-Seg's one prompt template (P = 1; DECISIONS["text_templates"]).
+SINGLE_TEMPLATE: tuple[str, ...] = ("A photo of a {} in the scene",)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,8 @@ class ModelConfig:
     # CAT-Seg's network with SAM blocks inserted and reports its results on CAT-Seg's benchmarks,
     # so it inherits the pre-processing, sliding window and pooling that produced CAT-Seg's.
     protocol: InferenceProtocol = DEFAULT_PROTOCOL
+    # The prompt templates each class name is put in (P of TEXT_EMBEDDINGS [T, P, C]).
+    text_templates: tuple[str, ...] = SINGLE_TEMPLATE
 
     def with_protocol(self, protocol: InferenceProtocol) -> ModelConfig:
         """This variant under another protocol; its graphs are shared when the pooling is the same."""

@@ -21,7 +21,7 @@ from escnet.config import ModelConfig
 from escnet.cost_aggregation import CostAggregator
 from escnet.image_views import segment_probabilities
 from escnet.pseudo_prompts import generate_pseudo_prompts
-from escnet.text_prompts import SINGLE_TEMPLATE, class_text_embeddings
+from escnet.text_prompts import class_text_embeddings
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class OpenVocabSegmenter(nn.Module):
         super().__init__()
         self.config = config
         clip = config.clip
-        self.templates: tuple[str, ...] = SINGLE_TEMPLATE
+        self.templates: tuple[str, ...] = config.text_templates
         self.clip_model = build_clip_model(clip)
         self.upsample1 = nn.ConvTranspose2d(clip.width, 256, kernel_size=2, stride=2)
         self.upsample2 = nn.ConvTranspose2d(clip.width, 128, kernel_size=4, stride=4)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from escnet.class_names import SINGLE_TEMPLATE
 from escnet.config import ModelConfig
 from escnet_export.contract import (
     CLASS_NAMES,
@@ -37,7 +36,11 @@ Values = dict[str, Any]  # chain names (request inputs, "<label>.<NAME>") -> arr
 class GraphChain:
     config: ModelConfig
     runners: Mapping[str, GraphRunner]
-    templates: tuple[str, ...] = SINGLE_TEMPLATE
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The prompt templates of the variant (its config)."""
+        return self.config.text_templates
 
     def __post_init__(self) -> None:
         self.tokenizer = steps.clip_tokenizer(self.config)

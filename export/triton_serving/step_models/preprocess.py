@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from escnet.class_names import SINGLE_TEMPLATE
 from escnet_export.contract import step_specs
 from escnet_export.runtime import steps
 from escnet_export.runtime.memory_model import RequestShape, estimate_request_memory, resolve_budget
@@ -55,7 +54,7 @@ class TritonPythonModel(StepModel):
         names = decode_class_names(inputs["CLASS_NAMES"], self.limits, rule)
         unchecked = [name for name in dict.fromkeys(names) if name not in self.token_checked]
         check_prompt_tokens(
-            unchecked, SINGLE_TEMPLATE, self.count_tokens, self.config.clip.context_length, rule
+            unchecked, self.config.text_templates, self.count_tokens, self.config.clip.context_length, rule
         )
         if len(self.token_checked) + len(unchecked) > CHECKED_NAMES_KEPT:
             self.token_checked.clear()

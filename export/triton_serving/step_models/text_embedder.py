@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from escnet.class_names import SINGLE_TEMPLATE
 from escnet_export.runtime import steps
 from escnet_export.runtime.request_checks import RequestCancelled, decode_class_names
 from escnet_export.runtime.runners import DEFAULT_CHUNKS
@@ -30,7 +29,7 @@ class TritonPythonModel(StepModel):
         self.encoder_model = self.parameters["text_encoder_model"]
         self.cache_size = int(self.parameters["cache_size"])
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.templates = SINGLE_TEMPLATE
+        self.templates = self.config.text_templates
         self.texts_per_run = int(self.parameters.get("texts_per_run") or DEFAULT_CHUNKS.texts)
         self.cache_metrics = TextEmbedderMetrics.create(self.model_name)
 

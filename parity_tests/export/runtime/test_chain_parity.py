@@ -224,7 +224,7 @@ def onnx_logits(
     scores: list[np.ndarray] = []
     prompts: list[dict[str, np.ndarray]] = []
     runners = {name: BlockRecorder(runner, scores, prompts) for name, runner in chain.runners.items()}
-    logits = GraphChain(config=chain.config, runners=runners, templates=chain.templates).logits(images, text)
+    logits = GraphChain(config=chain.config, runners=runners).logits(images, text)
     # Block k reads the k-th score map (prep's S_1, then aggregator_k's S_{k+1}); the last
     # aggregator emits none.
     blocks += [BlockPrompts(score=s, prompts=p) for s, p in zip(scores, prompts, strict=True)]
