@@ -37,11 +37,6 @@ class GraphChain:
     config: ModelConfig
     runners: Mapping[str, GraphRunner]
 
-    @property
-    def templates(self) -> tuple[str, ...]:
-        """The prompt templates of the variant (its config)."""
-        return self.config.text_templates
-
     def __post_init__(self) -> None:
         self.tokenizer = steps.clip_tokenizer(self.config)
         self.chain = chain_steps(self.config)
@@ -90,7 +85,7 @@ class GraphChain:
             class_names,
             self.tokenizer,
             lambda tokens: encoder.infer({"TOKENS": tokens})["TEXT_FEATURES"],
-            self.templates,
+            self.config.text_templates,
             self.config.protocol.synonyms,
         )
 

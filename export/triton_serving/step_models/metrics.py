@@ -94,6 +94,9 @@ class StepMetrics:
         self._duration = duration.Metric(labels=labels)
         self._resident = resident.Metric(labels=labels)
         self._refusals = {r: refusals.Metric(labels={**labels, "reason": r}) for r in REFUSAL_REASONS}
+        self._outcome_by_code = {
+            getattr(pb_utils.TritonError, name, None): label for name, label in OUTCOME_BY_CODE.items()
+        }
 
     @classmethod
     def create(cls, model_name: str) -> StepMetrics | None:
@@ -104,13 +107,7 @@ class StepMetrics:
 
     def answered(self, response: Any, seconds: float) -> None:
         error = response.error() if response.has_error() else None
-        if error is None:
-            outcome = "ok"
-        else:
-            codes = {
-                getattr(pb_utils.TritonError, name, None): label for name, label in OUTCOME_BY_CODE.items()
-            }
-            outcome = codes.get(error.code(), "error")
+        outcome = "ok" if error is None else self._outcome_by_code.get(error.code(), "error")
         self._requests[outcome].increment(1)
         self._duration.increment(seconds * 1e6)
 

@@ -29,7 +29,6 @@ class TritonPythonModel(StepModel):
         self.encoder_model = self.parameters["text_encoder_model"]
         self.cache_size = int(self.parameters["cache_size"])
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.templates = self.config.text_templates
         self.texts_per_run = int(self.parameters.get("texts_per_run") or DEFAULT_CHUNKS.texts)
         self.cache_metrics = TextEmbedderMetrics.create(self.model_name)
 
@@ -64,7 +63,9 @@ class TritonPythonModel(StepModel):
         missing = list(dict.fromkeys(name for name in names if name not in self.cache))
         if missing:
             encode = self.encoder(request)
-            embedded = steps.text_embeddings(missing, self.tokenizer, encode, self.templates, rule)
+            embedded = steps.text_embeddings(
+                missing, self.tokenizer, encode, self.config.text_templates, rule
+            )
             for name, embedding in zip(missing, embedded, strict=True):  # [M, P, C]
                 self.cache[name] = embedding
         for name in names:
